@@ -1,0 +1,21 @@
+"""kadyn — knowledge-acquisition dynamics.
+
+A deterministic world of synthetic biographies (Rust), streamed into PyTorch as zero-copy Arrow
+batches, with the trainer and experiments that reproduce "How do language models learn facts?"
+(Zucchet et al., 2025). The native module is private; this package re-exports the public API.
+"""
+
+from kadyn._native import Curriculum, PowerLaw, Subset, Uniform, World, __version__
+from kadyn.interop import to_torch
+from kadyn.stream import BiographyStream
+
+__all__ = [
+    "BiographyStream",
+    "Curriculum",
+    "PowerLaw",
+    "Subset",
+    "Uniform",
+    "World",
+    "__version__",
+    "to_torch",
+]

@@ -1,0 +1,116 @@
+"""Type stubs of the private native module (kept by hand; checked with mypy.stubtest in CI)."""
+
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import pyarrow as pa
+
+__version__: str
+
+class Uniform:
+    def __init__(self) -> None: ...
+
+class PowerLaw:
+    def __init__(self, alpha: float) -> None: ...
+    @property
+    def alpha(self) -> float: ...
+
+class Subset:
+    def __init__(self, n: int) -> None: ...
+    @property
+    def n(self) -> int: ...
+
+Distribution = Union[Uniform, PowerLaw, Subset]
+
+class Curriculum:
+    def __init__(self, phases: Sequence[tuple[Distribution, Optional[int]]]) -> None: ...
+    def spec(self) -> list[tuple[str, float, Optional[int]]]: ...
+
+class World:
+    def __init__(
+        self,
+        n_individuals: int = 1000,
+        seed: int = 0,
+        heldout: int = 0,
+        new: int = 0,
+        n_first_names: int = 900,
+        n_last_names: int = 1000,
+        n_cities: int = 800,
+        n_universities: int = 200,
+        n_majors: int = 100,
+        n_companies: int = 500,
+        year_min: int = 1900,
+        year_max: int = 2100,
+    ) -> None: ...
+    @property
+    def n_individuals(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def pad_id(self) -> int: ...
+    @property
+    def bos_id(self) -> int: ...
+    @property
+    def eos_id(self) -> int: ...
+    @property
+    def attribute_names(self) -> list[str]: ...
+    @property
+    def max_biography_tokens(self) -> int: ...
+    def config_json(self) -> str: ...
+    def population_size(self, population: str) -> int: ...
+    def vocab(self) -> list[str]: ...
+    def save_vocab(self, path: Any) -> None: ...
+    def decode(self, ids: Any) -> str: ...
+    def encode(self, text: str) -> list[int]: ...
+    def templates(self, attribute: str) -> list[str]: ...
+    def individual(self, index: int, population: str = "train") -> dict[str, Any]: ...
+    def sentences(self, index: int, split: str = "train", population: str = "train") -> list[str]: ...
+    def eval_set(
+        self,
+        split: str = "eval",
+        population: str = "train",
+        max_individuals: Optional[int] = None,
+        seq_len: Optional[int] = None,
+        seed: int = 0,
+    ) -> pa.RecordBatch: ...
+    def no_knowledge_loss(
+        self, population: str = "train", distribution: str = "empirical"
+    ) -> dict[str, float]: ...
+    def table(self, population: str = "train") -> pa.RecordBatch: ...
+
+Sampling = Union[Uniform, PowerLaw, Subset, Curriculum]
+
+class BatchStream:
+    def __init__(
+        self,
+        world: World,
+        sampling: Sampling,
+        batch_size: int,
+        seq_len: int,
+        split: str = "train",
+        population: str = "train",
+        packing: str = "pad",
+        seed: int = 0,
+        position: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_start: int = 0,
+        batch_step: int = 1,
+        threads: int = 1,
+        prefetch: int = 4,
+    ) -> None: ...
+    def __iter__(self) -> Iterator[pa.RecordBatch]: ...
+    def __next__(self) -> pa.RecordBatch: ...
+
+def build_rows(
+    world: World,
+    sampling: Sampling,
+    rows: Sequence[int],
+    seq_len: int,
+    split: str = "train",
+    population: str = "train",
+    packing: str = "pad",
+    seed: int = 0,
+    threads: int = 1,
+) -> pa.RecordBatch: ...

@@ -1,0 +1,133 @@
+//! Which global rows make batch `b` of one rank, and a background thread that builds batches ahead
+//! of the consumer through a bounded queue (memory stays flat however long the stream runs).
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use arrow_array::RecordBatch;
+
+use crate::batch::RowBuilder;
+use crate::error::{KadynError, Result};
+
+/// How one consumer walks the global row sequence: it starts at global row `position` (the rows
+/// all ranks consumed before), rank `rank` of `world_size` takes rows ≡ rank (mod world_size), and
+/// batch `b` of that rank is its rows `b * batch_size .. (b + 1) * batch_size`. A consumer may
+/// take every `batch_step`-th batch starting at `batch_start` (DataLoader workers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub position: u64,
+    pub batch_size: u64,
+    pub rank: u64,
+    pub world_size: u64,
+    pub batch_start: u64,
+    pub batch_step: u64,
+}
+
+impl Schedule {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(KadynError::invalid("batch_size", 0, ">= 1"));
+        }
+        if self.world_size == 0 {
+            return Err(KadynError::invalid("world_size", 0, ">= 1"));
+        }
+        if self.rank >= self.world_size {
+            return Err(KadynError::invalid(
+                "rank",
+                self.rank,
+                format!("in 0..{} (world_size)", self.world_size),
+            ));
+        }
+        if self.batch_step == 0 || self.batch_start >= self.batch_step {
+            return Err(KadynError::invalid(
+                "batch_start/batch_step",
+                format!("{}/{}", self.batch_start, self.batch_step),
+                "batch_step >= 1 and batch_start < batch_step",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Global row indices of this consumer's `j`-th batch.
+    pub fn rows(&self, j: u64) -> Vec<u64> {
+        let b = self.batch_start + j * self.batch_step;
+        (0..self.batch_size)
+            .map(|i| self.position + (b * self.batch_size + i) * self.world_size + self.rank)
+            .collect()
+    }
+}
+
+/// Builds batches `0, 1, 2, ...` of a schedule on a dedicated rayon pool, `depth` ahead.
+pub struct Prefetcher {
+    receiver: Option<Receiver<RecordBatch>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    pub fn start(
+        builder: Arc<RowBuilder>,
+        schedule: Schedule,
+        threads: usize,
+        depth: usize,
+    ) -> Result<Self> {
+        schedule.validate()?;
+        if threads == 0 {
+            return Err(KadynError::invalid("threads", 0, ">= 1"));
+        }
+        if depth == 0 {
+            return Err(KadynError::invalid("prefetch", 0, ">= 1"));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("kadyn-build-{i}"))
+            .build()
+            .map_err(|e| {
+                KadynError::invalid(
+                    "threads",
+                    threads,
+                    format!("a pool size the OS allows ({e})"),
+                )
+            })?;
+        let (sender, receiver) = sync_channel(depth);
+        let handle = std::thread::Builder::new()
+            .name("kadyn-prefetch".into())
+            .spawn(move || {
+                for j in 0.. {
+                    let batch = pool.install(|| builder.build(&schedule.rows(j)));
+                    // The consumer dropped the receiver: stop quietly.
+                    if sender.send(batch).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Prefetcher {
+            receiver: Some(receiver),
+            handle: Some(handle),
+        })
+    }
+
+    /// The next batch; an error if the builder thread died (it panicked).
+    pub fn next_batch(&self) -> Result<RecordBatch> {
+        self.receiver
+            .as_ref()
+            .expect("receiver lives until drop")
+            .recv()
+            .map_err(|_| {
+                KadynError::bad_data(
+                    "batch builder",
+                    "the builder thread stopped (it panicked); see stderr",
+                )
+            })
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Closing the queue makes the producer's next send fail, so it exits; then join it.
+        drop(self.receiver.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
