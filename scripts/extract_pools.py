@@ -90,22 +90,49 @@ NAME_RE = re.compile(r"[A-Z][a-z]+")
 # Characters the Rust word-level tokenizer splits off as separate tokens.
 TOKENIZER_PUNCT = set('.,;:!?()"')
 PRONOUNS = {
-    "he", "she", "him", "her", "his", "hers", "himself", "herself",
-    "they", "them", "their", "theirs", "themselves", "it", "its",
+    "he",
+    "she",
+    "him",
+    "her",
+    "his",
+    "hers",
+    "himself",
+    "herself",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "themselves",
+    "it",
+    "its",
 }
 # Words that would make a current-location template look like a birth-place
 # template and vice versa.
 BIRTH_WORDS = {"born", "birth", "birthplace", "native", "hometown", "raised"}
 RESIDENCE_WORDS = {
-    "live", "lives", "living", "reside", "resides", "residence", "resident",
-    "based", "home", "currently", "now", "settled", "moved", "relocated",
-    "address", "hometown",
+    "live",
+    "lives",
+    "living",
+    "reside",
+    "resides",
+    "residence",
+    "resident",
+    "based",
+    "home",
+    "currently",
+    "now",
+    "settled",
+    "moved",
+    "relocated",
+    "address",
+    "hometown",
 }
 
 
 # --------------------------------------------------------------------------
 # Extraction
 # --------------------------------------------------------------------------
+
 
 def to_ascii(text: str) -> str | None:
     """Transliterate to ASCII; return None if the result is not a valid entry."""
@@ -132,8 +159,10 @@ def package_dir(name: str, version: str) -> Path:
     for dist_info in pkg.parent.glob(f"{name}-*.dist-info"):
         found = dist_info.name[len(name) + 1 : -len(".dist-info")]
         if found != version:
-            print(f"warning: {name} {found} installed, pools were made with {version}",
-                  file=sys.stderr)
+            print(
+                f"warning: {name} {found} installed, pools were made with {version}",
+                file=sys.stderr,
+            )
     return pkg
 
 
@@ -216,13 +245,16 @@ def extract(data_dir: Path) -> None:
     write_lines(data_dir / "first_names.txt", first)
     write_lines(data_dir / "last_names.txt", last)
     write_lines(data_dir / "cities.txt", cities)
-    print(f"wrote first_names.txt ({len(first)}), last_names.txt ({len(last)}), "
-          f"cities.txt ({len(cities)}) to {data_dir}")
+    print(
+        f"wrote first_names.txt ({len(first)}), last_names.txt ({len(last)}), "
+        f"cities.txt ({len(cities)}) to {data_dir}"
+    )
 
 
 # --------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------
+
 
 def tokenize(text: str) -> list[str]:
     """Python mirror of the Rust word-level tokenizer (whitespace + punctuation)."""
@@ -274,8 +306,10 @@ def check_list(path: Path, expected: int, c: Checker) -> list[str]:
     if text is None:
         return []
     name = path.name
-    c.check(text.endswith("\n") and not text.endswith("\n\n"),
-            f"{name}: must end with exactly one newline")
+    c.check(
+        text.endswith("\n") and not text.endswith("\n\n"),
+        f"{name}: must end with exactly one newline",
+    )
     lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
     c.check(len(lines) == expected, f"{name}: {len(lines)} entries, expected {expected}")
     seen: dict[str, int] = {}
@@ -285,8 +319,10 @@ def check_list(path: Path, expected: int, c: Checker) -> list[str]:
             c.fail(f"{where}: blank line")
             continue
         c.check(line == line.strip(), f"{where}: leading/trailing whitespace")
-        c.check(ENTRY_RE.fullmatch(line) is not None,
-                f"{where}: only ASCII letters/digits and single space, - ' & separators allowed")
+        c.check(
+            ENTRY_RE.fullmatch(line) is not None,
+            f"{where}: only ASCII letters/digits and single space, - ' & separators allowed",
+        )
         c.check(not (set(line) & TOKENIZER_PUNCT), f"{where}: contains tokenizer punctuation")
         c.check("{" not in line and "}" not in line, f"{where}: contains braces")
         key = line.lower()
@@ -309,16 +345,20 @@ def check_templates(path: Path, c: Checker) -> None:
     if not isinstance(data, dict):
         c.fail("templates.json: top level must be an object")
         return
-    c.check(list(data.keys()) == TEMPLATE_KEYS,
-            f"templates.json: keys {list(data.keys())}, expected {TEMPLATE_KEYS} in that order")
+    c.check(
+        list(data.keys()) == TEMPLATE_KEYS,
+        f"templates.json: keys {list(data.keys())}, expected {TEMPLATE_KEYS} in that order",
+    )
     prefixes: list[tuple[str, str, list[str]]] = []  # (attr, template, tokens before value)
     for key in TEMPLATE_KEYS:
         templates = data.get(key)
         if not isinstance(templates, list):
             c.fail(f"templates.json[{key}]: missing or not a list")
             continue
-        c.check(len(templates) == TEMPLATES_PER_KEY,
-                f"templates.json[{key}]: {len(templates)} templates, expected {TEMPLATES_PER_KEY}")
+        c.check(
+            len(templates) == TEMPLATES_PER_KEY,
+            f"templates.json[{key}]: {len(templates)} templates, expected {TEMPLATES_PER_KEY}",
+        )
         c.check(len(set(templates)) == len(templates), f"templates.json[{key}]: duplicates")
         for t in templates:
             where = f"templates.json[{key}]: {t!r}"
@@ -329,17 +369,25 @@ def check_templates(path: Path, c: Checker) -> None:
             c.check(t.count("{name}") == 1, f"{where}: needs exactly one {{name}}")
             c.check(t.count("{value}") == 1, f"{where}: needs exactly one {{value}}")
             c.check(t.endswith(" {value}."), f"{where}: must end with ' {{value}}.'")
-            c.check(t.find("{name}") < t.find("{value}"), f"{where}: {{name}} must precede {{value}}")
+            c.check(
+                t.find("{name}") < t.find("{value}"), f"{where}: {{name}} must precede {{value}}"
+            )
             body = t.replace("{name}", "NAME").replace("{value}", "VALUE")
             c.check("{" not in body and "}" not in body, f"{where}: unknown placeholder")
-            c.check(re.fullmatch(r"[A-Za-z ]+\.", body) is not None,
-                    f"{where}: only letters and spaces allowed besides the final '.'")
+            c.check(
+                re.fullmatch(r"[A-Za-z ]+\.", body) is not None,
+                f"{where}: only letters and spaces allowed besides the final '.'",
+            )
             words = [w.lower() for w in re.findall(r"[A-Za-z]+", body)]
             c.check(not (set(words) & PRONOUNS), f"{where}: contains a pronoun")
             if key == "current_location":
-                c.check(not (set(words) & BIRTH_WORDS), f"{where}: birth wording in current_location")
+                c.check(
+                    not (set(words) & BIRTH_WORDS), f"{where}: birth wording in current_location"
+                )
             if key == "birth_place":
-                c.check(not (set(words) & RESIDENCE_WORDS), f"{where}: residence wording in birth_place")
+                c.check(
+                    not (set(words) & RESIDENCE_WORDS), f"{where}: residence wording in birth_place"
+                )
             pre = tokenize(t[: t.find("{value}")].replace("{name}", "\x00NAME\x00"))
             prefixes.append((key, t, pre))
     # The tokens before {value} must identify the attribute type: no template's
@@ -355,10 +403,14 @@ def check_all(data_dir: Path) -> bool:
     lists = {name: check_list(data_dir / name, n, c) for name, n in EXPECTED_COUNTS.items()}
     for name in ("first_names.txt", "last_names.txt"):
         for line in lists[name]:
-            c.check(NAME_RE.fullmatch(line) is not None,
-                    f"{name}: {line!r} is not a single Title Case word of letters")
+            c.check(
+                NAME_RE.fullmatch(line) is not None,
+                f"{name}: {line!r} is not a single Title Case word of letters",
+            )
     overlap = set(lists["first_names.txt"]) & set(lists["last_names.txt"])
-    c.check(not overlap, f"last_names.txt shares entries with first_names.txt: {sorted(overlap)[:10]}")
+    c.check(
+        not overlap, f"last_names.txt shares entries with first_names.txt: {sorted(overlap)[:10]}"
+    )
     check_templates(data_dir / "templates.json", c)
 
     # Informational only: values shared between different attribute pools.
@@ -381,15 +433,17 @@ def check_all(data_dir: Path) -> bool:
         print(f"{len(c.errors)} check(s) failed", file=sys.stderr)
         return False
     counts = ", ".join(f"{n} {k}" for k, n in EXPECTED_COUNTS.items())
-    print(f"all checks passed: {counts}, "
-          f"{len(TEMPLATE_KEYS)}x{TEMPLATES_PER_KEY} templates")
+    print(f"all checks passed: {counts}, {len(TEMPLATE_KEYS)}x{TEMPLATES_PER_KEY} templates")
     return True
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check-only", action="store_true",
-                    help="only validate the existing files (no packages needed)")
+    ap.add_argument(
+        "--check-only",
+        action="store_true",
+        help="only validate the existing files (no packages needed)",
+    )
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     args = ap.parse_args()
     if not args.check_only:

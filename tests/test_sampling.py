@@ -55,4 +55,7 @@ def test_subset_and_three_phase_curriculum(world: kadyn.World) -> None:
     drawn = individuals(world, sampling, n_batches=1, batch_size=400)
     assert drawn[:100].max() < 2
     assert drawn[200:].max() < 10
-    assert repr(sampling) == "Curriculum([(Subset(n=2), 100), (PowerLaw(alpha=2), 100), (Subset(n=10), None)])"
+    assert (
+        repr(sampling)
+        == "Curriculum([(Subset(n=2), 100), (PowerLaw(alpha=2), 100), (Subset(n=10), None)])"
+    )

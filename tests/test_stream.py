@@ -63,7 +63,9 @@ def test_state_dict_counts_only_consumed_batches(world: kadyn.World) -> None:
 def test_rank_shards_are_disjoint_and_complete(world: kadyn.World) -> None:
     kw = dict(batch_size=12, sampling=kadyn.PowerLaw(1.0), seed=2)
     single = rows(take(kadyn.BiographyStream(world, **kw), 3))
-    shards = [rows(take(kadyn.BiographyStream(world, rank=r, world_size=3, **kw), 1)) for r in range(3)]
+    shards = [
+        rows(take(kadyn.BiographyStream(world, rank=r, world_size=3, **kw), 1)) for r in range(3)
+    ]
     keys = [set(s) for s in shards]
     assert all(not (keys[i] & keys[j]) for i in range(3) for j in range(i + 1, 3))
     merged = {k: v for s in shards for k, v in s.items()}
@@ -145,7 +147,9 @@ def test_eval_sentences_never_appear_in_the_training_stream(world: kadyn.World) 
     batches = take(kadyn.BiographyStream(world, batch_size=500, seed=11), 4)
     eval_sentences = {}
     for b in batches:
-        for ids, who in zip(kadyn.to_torch(b)["input_ids"].tolist(), b.column("individual").to_pylist()):
+        for ids, who in zip(
+            kadyn.to_torch(b)["input_ids"].tolist(), b.column("individual").to_pylist()
+        ):
             if who not in eval_sentences:
                 eval_sentences[who] = set(world.sentences(who, split="eval"))
             text = world.decode(ids).removeprefix("<bos> ").removesuffix(" <eos>")
@@ -175,7 +179,9 @@ def test_pack_mode_joins_biographies(world: kadyn.World) -> None:
     seq_len = 4 * world.max_biography_tokens
     batch = take(kadyn.BiographyStream(world, batch_size=8, seq_len=seq_len, packing="pack"), 1)[0]
     assert pa.types.is_list(batch.schema.field("individual").type)
-    for ids, people in zip(kadyn.to_torch(batch)["input_ids"].tolist(), batch.column("individual").to_pylist()):
+    for ids, people in zip(
+        kadyn.to_torch(batch)["input_ids"].tolist(), batch.column("individual").to_pylist()
+    ):
         assert len(people) >= 3
         assert ids.count(world.eos_id) == len(people)
         assert ids.count(world.bos_id) == 1

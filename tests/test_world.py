@@ -23,19 +23,30 @@ def test_world_is_a_pure_function_of_its_seed() -> None:
 def test_paper_pools_and_templates() -> None:
     w = kadyn.World(n_individuals=10)
     assert w.attribute_names == [
-        "birth_place", "birth_date", "university", "major", "company", "current_location",
+        "birth_place",
+        "birth_date",
+        "university",
+        "major",
+        "company",
+        "current_location",
     ]
     for attr in w.attribute_names:
         templates = w.templates(attr)
         assert len(templates) == 25 and len(set(templates)) == 25
-        assert all(t.index("{name}") < t.index("{value}") and t.endswith("{value}.") for t in templates)
+        assert all(
+            t.index("{name}") < t.index("{value}") and t.endswith("{value}.") for t in templates
+        )
     person = w.individual(0)
     assert len(person["train_templates"]["major"]) == 20
     assert len(person["eval_templates"]["major"]) == 5
-    assert sorted(person["train_templates"]["major"] + person["eval_templates"]["major"]) == list(range(25))
+    assert sorted(person["train_templates"]["major"] + person["eval_templates"]["major"]) == list(
+        range(25)
+    )
     assert len(person["name"].split()) == 3
     # The paper's no-knowledge baseline for its pools: ln 800, ln(201·12·31), ln 200, ...
-    expected = (2 * math.log(800) + math.log(201 * 12 * 31) + math.log(200) + math.log(100) + math.log(500)) / 6
+    expected = (
+        2 * math.log(800) + math.log(201 * 12 * 31) + math.log(200) + math.log(100) + math.log(500)
+    ) / 6
     assert w.no_knowledge_loss(distribution="uniform")["mean"] == pytest.approx(expected)
     assert expected == pytest.approx(6.78, abs=0.01)
 
@@ -77,7 +88,9 @@ def test_table_lists_every_individual() -> None:
     w = kadyn.World(n_individuals=15, heldout=4)
     table = w.table("heldout")
     assert table.num_rows == 4
-    assert table.column("name").to_pylist() == [w.individual(i, "heldout")["name"] for i in range(4)]
+    assert table.column("name").to_pylist() == [
+        w.individual(i, "heldout")["name"] for i in range(4)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +98,10 @@ def test_table_lists_every_individual() -> None:
     [
         (dict(n_individuals=0), "n_individuals must be in 1..="),
         (dict(n_individuals=-5), "n_individuals must be in 1..="),
-        (dict(n_individuals=10**7, n_first_names=10, n_last_names=10), "n_individuals \\+ heldout \\+ new must be <= 500"),
+        (
+            dict(n_individuals=10**7, n_first_names=10, n_last_names=10),
+            "n_individuals \\+ heldout \\+ new must be <= 500",
+        ),
         (dict(n_cities=801), "n_cities must be in 1..=800"),
         (dict(n_first_names=0), "n_first_names must be in 1..="),
         (dict(year_min=2000, year_max=1990), "year_max must be >= year_min"),
@@ -109,10 +125,10 @@ def small() -> kadyn.World:
         (dict(seq_len=20), "seq_len must be >= \\d+ \\(the longest biography"),
         (dict(rank=2, world_size=2), "rank must be in 0..1, got 2"),
         (dict(rank=0, world_size=0), "world_size must be >= 1, got 0"),
-        (dict(split="test"), "unknown split \"test\"; expected one of train, eval"),
-        (dict(population="old"), "unknown population \"old\"; expected one of train, heldout, new"),
+        (dict(split="test"), 'unknown split "test"; expected one of train, eval'),
+        (dict(population="old"), 'unknown population "old"; expected one of train, heldout, new'),
         (dict(population="new"), "population must be a population the World was built with"),
-        (dict(packing="zip"), "unknown packing \"zip\""),
+        (dict(packing="zip"), 'unknown packing "zip"'),
         (dict(sampling=kadyn.Subset(31)), "Subset.n must be in 1..=30"),
         (dict(threads=0), "threads must be in 1..="),
     ],

@@ -1,33 +1,50 @@
 """Type stubs of the private native module (kept by hand; checked with mypy.stubtest in CI)."""
 
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union, final
 
 import pyarrow as pa
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "BatchStream",
+    "Curriculum",
+    "PowerLaw",
+    "Subset",
+    "Uniform",
+    "World",
+    "__version__",
+    "build_rows",
+]
 
 __version__: str
 
+@final
 class Uniform:
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Uniform: ...
 
+@final
 class PowerLaw:
-    def __init__(self, alpha: float) -> None: ...
+    def __new__(cls, alpha: float) -> PowerLaw: ...
     @property
     def alpha(self) -> float: ...
 
+@final
 class Subset:
-    def __init__(self, n: int) -> None: ...
+    def __new__(cls, n: int) -> Subset: ...
     @property
     def n(self) -> int: ...
 
-Distribution = Union[Uniform, PowerLaw, Subset]
+_Distribution = Union[Uniform, PowerLaw, Subset]
 
+@final
 class Curriculum:
-    def __init__(self, phases: Sequence[tuple[Distribution, Optional[int]]]) -> None: ...
+    def __new__(cls, phases: Sequence[tuple[_Distribution, Optional[int]]]) -> Curriculum: ...
     def spec(self) -> list[tuple[str, float, Optional[int]]]: ...
 
+@disjoint_base
 class World:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         n_individuals: int = 1000,
         seed: int = 0,
         heldout: int = 0,
@@ -40,7 +57,7 @@ class World:
         n_companies: int = 500,
         year_min: int = 1900,
         year_max: int = 2100,
-    ) -> None: ...
+    ) -> World: ...
     @property
     def n_individuals(self) -> int: ...
     @property
@@ -65,7 +82,9 @@ class World:
     def encode(self, text: str) -> list[int]: ...
     def templates(self, attribute: str) -> list[str]: ...
     def individual(self, index: int, population: str = "train") -> dict[str, Any]: ...
-    def sentences(self, index: int, split: str = "train", population: str = "train") -> list[str]: ...
+    def sentences(
+        self, index: int, split: str = "train", population: str = "train"
+    ) -> list[str]: ...
     def eval_set(
         self,
         split: str = "eval",
@@ -79,13 +98,14 @@ class World:
     ) -> dict[str, float]: ...
     def table(self, population: str = "train") -> pa.RecordBatch: ...
 
-Sampling = Union[Uniform, PowerLaw, Subset, Curriculum]
+_Sampling = Union[Uniform, PowerLaw, Subset, Curriculum]
 
+@final
 class BatchStream:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         world: World,
-        sampling: Sampling,
+        sampling: _Sampling,
         batch_size: int,
         seq_len: int,
         split: str = "train",
@@ -99,13 +119,13 @@ class BatchStream:
         batch_step: int = 1,
         threads: int = 1,
         prefetch: int = 4,
-    ) -> None: ...
+    ) -> BatchStream: ...
     def __iter__(self) -> Iterator[pa.RecordBatch]: ...
     def __next__(self) -> pa.RecordBatch: ...
 
 def build_rows(
     world: World,
-    sampling: Sampling,
+    sampling: _Sampling,
     rows: Sequence[int],
     seq_len: int,
     split: str = "train",

@@ -43,9 +43,7 @@ def to_torch(batch: pa.RecordBatch) -> dict[str, torch.Tensor]:
         )
     else:
         out["individual"] = torch.from_numpy(individual.to_numpy().astype(np.int64))
-    out["sample_index"] = torch.from_numpy(
-        batch.column("sample_index").to_numpy().astype(np.int64)
-    )
+    out["sample_index"] = torch.from_numpy(batch.column("sample_index").to_numpy().astype(np.int64))
     return out
 
 

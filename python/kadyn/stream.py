@@ -139,9 +139,7 @@ class BiographyStream(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from `state_dict()`; the world size may differ (elastic resume)."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"state version must be {STATE_VERSION}, got {state.get('version')!r}"
-            )
+            raise ValueError(f"state version must be {STATE_VERSION}, got {state.get('version')!r}")
         mine = self._state(0)
         for key in ("seed", "seq_len", "sampling", "split", "population", "packing"):
             if state.get(key) != mine[key]:

@@ -174,7 +174,7 @@ impl Sampler {
             }));
             compiled.push(match *dist {
                 Distribution::Uniform => Compiled::Uniform(population),
-                Distribution::PowerLaw { alpha } if alpha == 0.0 => Compiled::Uniform(population),
+                Distribution::PowerLaw { alpha: 0.0 } => Compiled::Uniform(population),
                 Distribution::PowerLaw { .. } => {
                     let weights: Vec<f64> = (0..population)
                         .map(|i| dist.weight(i, population))
