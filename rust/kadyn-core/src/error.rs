@@ -32,6 +32,12 @@ pub enum KadynError {
         source_name: String,
         message: String,
     },
+    /// A worker thread died (a bug): surfaced as an exception rather than a hang or an abort.
+    #[error("internal error in {component}: {message}")]
+    Internal {
+        component: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -113,11 +113,9 @@ impl Prefetcher {
             .as_ref()
             .expect("receiver lives until drop")
             .recv()
-            .map_err(|_| {
-                KadynError::bad_data(
-                    "batch builder",
-                    "the builder thread stopped (it panicked); see stderr",
-                )
+            .map_err(|_| KadynError::Internal {
+                component: "batch builder",
+                message: "the builder thread stopped (it panicked); see stderr".into(),
             })
     }
 }

@@ -1,7 +1,7 @@
 //! Maps core errors onto the Python exceptions users expect.
 
 use kadyn_core::KadynError;
-use pyo3::exceptions::{PyKeyError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::PyErr;
 
 pub fn to_py(err: KadynError) -> PyErr {
@@ -9,6 +9,7 @@ pub fn to_py(err: KadynError) -> PyErr {
     match err {
         KadynError::NotFound { .. } => PyKeyError::new_err(msg),
         KadynError::Io(_) => PyOSError::new_err(msg),
+        KadynError::Internal { .. } => PyRuntimeError::new_err(msg),
         _ => PyValueError::new_err(msg),
     }
 }
