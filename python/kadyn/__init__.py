@@ -6,6 +6,7 @@ batches, with the trainer and experiments that reproduce "How do language models
 """
 
 from kadyn._native import Curriculum, PowerLaw, Subset, Uniform, World, __version__
+from kadyn.dataset import load_dataset
 from kadyn.interop import to_torch
 from kadyn.stream import BiographyStream
 
@@ -17,5 +18,6 @@ __all__ = [
     "Uniform",
     "World",
     "__version__",
+    "load_dataset",
     "to_torch",
 ]

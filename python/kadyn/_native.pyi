@@ -14,6 +14,7 @@ __all__ = [
     "World",
     "__version__",
     "build_rows",
+    "gen_main",
 ]
 
 __version__: str
@@ -134,3 +135,4 @@ def build_rows(
     seed: int = 0,
     threads: int = 1,
 ) -> pa.RecordBatch: ...
+def gen_main(argv: list[str]) -> int: ...

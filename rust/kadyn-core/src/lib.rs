@@ -10,6 +10,7 @@ pub mod pools;
 pub mod prefetch;
 pub mod rng;
 pub mod sampler;
+pub mod table;
 pub mod templates;
 pub mod vocab;
 pub mod world;
@@ -20,6 +21,7 @@ pub use error::{KadynError, Result};
 pub use pools::PoolSizes;
 pub use prefetch::{Prefetcher, Schedule};
 pub use sampler::{Curriculum, Distribution, Sampler};
+pub use table::world_table;
 pub use world::{Individual, Population, Split, World, WorldConfig};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

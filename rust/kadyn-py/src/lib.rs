@@ -3,6 +3,7 @@
 //! algorithm lives in kadyn-core.
 
 mod errors;
+mod gen;
 mod sampling;
 mod stream;
 mod world;
@@ -19,5 +20,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sampling::Curriculum>()?;
     m.add_class::<stream::BatchStream>()?;
     m.add_function(wrap_pyfunction!(stream::build_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(gen::gen_main, m)?)?;
     Ok(())
 }

@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
 use arrow::pyarrow::ToPyArrow;
 use kadyn_core::baseline::{no_knowledge_loss, uniform_no_knowledge_loss};
 use kadyn_core::{
-    eval_set, Attribute, PoolSizes, Population, Split, World as CoreWorld, WorldConfig,
-    ATTRIBUTE_NAMES,
+    eval_set, world_table, Attribute, PoolSizes, Population, Split, World as CoreWorld,
+    WorldConfig, ATTRIBUTE_NAMES,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -313,27 +311,4 @@ impl World {
         let batch = world_table(&self.inner, pop);
         batch.to_pyarrow(py)
     }
-}
-
-pub fn world_table(world: &CoreWorld, pop: Population) -> RecordBatch {
-    let range = world.population_range(pop);
-    let inds = &world.individuals()[range.clone()];
-    let mut fields = vec![
-        Field::new("individual", DataType::UInt32, false),
-        Field::new("name", DataType::Utf8, false),
-    ];
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from_iter_values(0..inds.len() as u32)),
-        Arc::new(StringArray::from_iter_values(
-            inds.iter().map(|i| world.full_name(i)),
-        )),
-    ];
-    for attr in Attribute::ALL {
-        fields.push(Field::new(attr.name(), DataType::Utf8, false));
-        columns.push(Arc::new(StringArray::from_iter_values(
-            inds.iter()
-                .map(|i| world.value_text(attr, i.values[attr as usize])),
-        )));
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match fields")
 }

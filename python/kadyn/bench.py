@@ -1,0 +1,349 @@
+"""`kadyn-bench`: throughput of the data engine, every figure beside a bound measured in the same
+run on the same machine.
+
+- stream: samples/s and tokens/s of `BiographyStream` (batches consumed in Python and handed to
+  torch with `to_torch`), for threads 1..n and each sampler (uniform, power law 0.7, curriculum);
+- memcopy: numpy copying an int32 and an int8 buffer of one batch's size, the cost of merely
+  writing the bytes once: the bound every figure is also given as a ratio to;
+- python: the plain-Python generator of `benches/python_baseline.py` (same data, dict tokenizer);
+- parquet read: the same rows read back from a `kadyn-gen` dataset with pyarrow, and with HF
+  `datasets` when it is installed;
+- gen write: `kadyn-gen` writing that dataset (MB/s);
+- `--memory`: RSS before and after streaming 10^8 tokens (memory must stay flat).
+
+Tokens are token positions (rows × seq_len, `<pad>` included), as a trainer consumes them.
+
+    kadyn-bench [--seconds 3] [--quick] [--memory] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import kadyn
+from kadyn import _native
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rss_mb() -> float:
+    """Resident set size now (Linux /proc), else the peak from getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def timed(step: Callable[[], int], seconds: float) -> tuple[float, int]:
+    """Calls `step` (returns rows made) after one warm-up call until `seconds` pass; rows/s."""
+    step()
+    rows, start = 0, time.perf_counter()
+    while True:
+        rows += step()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return rows / elapsed, rows
+
+
+def load_baseline(path: Optional[str]) -> Optional[types.ModuleType]:
+    candidate = Path(path) if path else ROOT / "benches" / "python_baseline.py"
+    if not candidate.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("python_baseline", candidate)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def samplers(n_individuals: int, warmup_samples: int) -> dict[str, kadyn._native._Sampling]:
+    return {
+        "uniform": kadyn.Uniform(),
+        "power0.7": kadyn.PowerLaw(0.7),
+        # The paper's warm-up shape: a tenth of the individuals first, then everyone.
+        "curriculum": kadyn.Curriculum(
+            [(kadyn.Subset(max(1, n_individuals // 10)), warmup_samples), (kadyn.Uniform(), None)]
+        ),
+    }
+
+
+def bench_stream(
+    world: kadyn.World, sampling: Any, threads: int, batch: int, seq_len: int, seconds: float
+) -> float:
+    stream = kadyn.BiographyStream(
+        world, batch_size=batch, seq_len=seq_len, sampling=sampling, threads=threads
+    )
+    it = iter(stream)
+
+    def step() -> int:
+        tensors = kadyn.to_torch(next(it))
+        return int(tensors["input_ids"].shape[0])
+
+    return timed(step, seconds)[0]
+
+
+def bench_memcopy(batch: int, seq_len: int, seconds: float) -> float:
+    rng = np.random.default_rng(0)
+    src_ids = rng.integers(0, 4000, size=(batch, seq_len), dtype=np.int32)
+    src_types = rng.integers(-1, 6, size=(batch, seq_len), dtype=np.int8)
+    dst_ids, dst_types = np.empty_like(src_ids), np.empty_like(src_types)
+
+    def step() -> int:
+        np.copyto(dst_ids, src_ids)
+        np.copyto(dst_types, src_types)
+        return batch
+
+    return timed(step, seconds)[0]
+
+
+def bench_python(
+    baseline: types.ModuleType, world: kadyn.World, batch: int, seq_len: int, seconds: float
+) -> float:
+    gen = baseline.PythonBaseline(world, seq_len=seq_len)
+    return timed(lambda: len(gen.batch(batch)["sample_index"]), seconds)[0]
+
+
+def bench_gen_write(directory: str, args: argparse.Namespace, threads: int) -> dict[str, float]:
+    argv = [
+        "--individuals",
+        str(args.individuals),
+        "--samples",
+        str(args.gen_rows),
+        "--seq-len",
+        str(args.seq_len),
+        "--shard-rows",
+        str(max(1, args.gen_rows // 4)),
+        "--threads",
+        str(threads),
+        "--out",
+        directory,
+        "--quiet",
+    ]
+    sys.stdout.flush()
+    start = time.perf_counter()
+    # The summary line goes to stdout; keep the table clean by sending it to /dev/null.
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            code = _native.gen_main(argv)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    elapsed = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"kadyn-gen {' '.join(argv)} exited with {code}")
+    total = sum(os.path.getsize(p) for p in glob.glob(os.path.join(directory, "*")))
+    return {
+        "rows_per_s": args.gen_rows / elapsed,
+        "mb_per_s": total / 1e6 / elapsed,
+        "mb": total / 1e6,
+        "seconds": elapsed,
+    }
+
+
+def bench_pyarrow_read(directory: str, batch: int, seconds: float) -> float:
+    shards = sorted(glob.glob(os.path.join(directory, "shard-*.parquet")))
+
+    def batches() -> Any:
+        while True:
+            for path in shards:
+                yield from pq.ParquetFile(path).iter_batches(batch_size=batch)
+
+    it = batches()
+
+    def step() -> int:
+        tensors = kadyn.to_torch(next(it))
+        return int(tensors["input_ids"].shape[0])
+
+    return timed(step, seconds)[0]
+
+
+def bench_hf_read(directory: str, batch: int, seconds: float) -> Optional[float]:
+    if importlib.util.find_spec("datasets") is None:
+        return None
+    import datasets  # optional: imported only when installed
+
+    files = sorted(glob.glob(os.path.join(directory, "shard-*.parquet")))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train").with_format("numpy")
+
+    def batches() -> Any:
+        while True:
+            yield from ds.iter(batch_size=batch)
+
+    it = batches()
+    return timed(lambda: len(next(it)["sample_index"]), seconds)[0]
+
+
+def bench_memory(world: kadyn.World, batch: int, seq_len: int, threads: int, tokens: int) -> dict:
+    stream = kadyn.BiographyStream(world, batch_size=batch, seq_len=seq_len, threads=threads)
+    it = iter(stream)
+    kadyn.to_torch(next(it))
+    before = rss_mb()
+    seen, start = 0, time.perf_counter()
+    while seen < tokens:
+        seen += kadyn.to_torch(next(it))["input_ids"].numel()
+    return {
+        "tokens": seen,
+        "seconds": time.perf_counter() - start,
+        "rss_before_mb": before,
+        "rss_after_mb": rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kadyn-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--individuals", type=int, default=10_000)
+    p.add_argument("--max-threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--gen-rows", type=int, default=500_000, help="rows kadyn-gen writes")
+    p.add_argument("--baseline", help="path of python_baseline.py (default: benches/ of the repo)")
+    p.add_argument("--memory", action="store_true", help="also stream 10^8 tokens, report RSS")
+    p.add_argument("--memory-tokens", type=int, default=10**8)
+    p.add_argument("--quick", action="store_true", help="tiny settings, for tests")
+    p.add_argument("--json", help="write every figure to this JSON file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.individuals, args.gen_rows = 0.1, 1000, 8192
+        args.memory_tokens = min(args.memory_tokens, 10**6)
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    world = kadyn.World(n_individuals=args.individuals)
+    b, t, s = args.batch, args.seq_len, args.seconds
+    threads = list(range(1, max(1, args.max_threads) + 1))
+    result: dict[str, Any] = {
+        "config": {
+            "batch": b,
+            "seq_len": t,
+            "seconds": s,
+            "individuals": args.individuals,
+            "threads": threads,
+            "cpu_count": os.cpu_count(),
+            "kadyn_version": kadyn.__version__,
+        },
+    }
+    rows: list[tuple[str, str, float, Optional[float]]] = []  # name, threads, rows/s, MB/s
+
+    memcopy = bench_memcopy(b, t, s)
+    result["memcopy"] = {"samples_per_s": memcopy, "tokens_per_s": memcopy * t}
+    rows.append(("memcopy bound (numpy)", "1", memcopy, None))
+
+    result["stream"] = []
+    for name, sampling in samplers(args.individuals, 10 * b).items():
+        for n in threads:
+            rate = bench_stream(world, sampling, n, b, t, s)
+            result["stream"].append(
+                {
+                    "sampler": name,
+                    "threads": n,
+                    "samples_per_s": rate,
+                    "tokens_per_s": rate * t,
+                    "ratio_to_memcopy": rate / memcopy,
+                }
+            )
+            rows.append((f"stream {name}", str(n), rate, None))
+
+    baseline = load_baseline(args.baseline)
+    if baseline is None:
+        result["python_baseline"] = None
+        print("python baseline: benches/python_baseline.py not found (pass --baseline)")
+    else:
+        rate = bench_python(baseline, world, b, t, s)
+        result["python_baseline"] = {
+            "samples_per_s": rate,
+            "tokens_per_s": rate * t,
+            "ratio_to_memcopy": rate / memcopy,
+        }
+        rows.append(("plain Python baseline", "1", rate, None))
+
+    with tempfile.TemporaryDirectory(prefix="kadyn-bench-") as tmp:
+        gen = bench_gen_write(tmp, args, threads[-1])
+        gen["ratio_to_memcopy"] = gen["rows_per_s"] / memcopy
+        result["gen_write"] = gen
+        rows.append(
+            ("kadyn-gen write (Parquet)", str(threads[-1]), gen["rows_per_s"], gen["mb_per_s"])
+        )
+        rate = bench_pyarrow_read(tmp, b, s)
+        read: dict[str, Any] = {
+            "pyarrow": {
+                "samples_per_s": rate,
+                "tokens_per_s": rate * t,
+                "ratio_to_memcopy": rate / memcopy,
+            },
+        }
+        rows.append(("Parquet read (pyarrow)", "1", rate, None))
+        hf = bench_hf_read(tmp, b, s)
+        if hf is None:
+            read["hf_datasets"] = None
+            print("HF datasets: not installed, skipped")
+        else:
+            read["hf_datasets"] = {
+                "samples_per_s": hf,
+                "tokens_per_s": hf * t,
+                "ratio_to_memcopy": hf / memcopy,
+            }
+            rows.append(("Parquet read (HF datasets)", "1", hf, None))
+        result["parquet_read"] = read
+
+    python_rate = (result["python_baseline"] or {}).get("samples_per_s")
+    result["stream_vs_python"] = {
+        str(e["threads"]): e["samples_per_s"] / python_rate
+        for e in result["stream"]
+        if e["sampler"] == "uniform" and python_rate
+    }
+    if args.memory:
+        result["memory"] = bench_memory(world, b, t, threads[-1], args.memory_tokens)
+
+    print(f"\nkadyn-bench: batch {b}, seq_len {t}, {s:g} s per figure, {os.cpu_count()} CPUs")
+    header = ("what", "threads", "samples/s", "tokens/s", "MB/s", "÷ memcopy")
+    print("{:<30} {:>7} {:>13} {:>15} {:>8} {:>10}".format(*header))
+    for name, n_threads, rate, mbps in rows:
+        mb = f"{mbps:8.1f}" if mbps is not None else f"{'':>8}"
+        print(
+            f"{name:<30} {n_threads:>7} {rate:13,.0f} {rate * t:15,.0f} {mb} {rate / memcopy:10.3f}"
+        )
+    for n_threads, ratio in result["stream_vs_python"].items():
+        print(f"stream (uniform, {n_threads} threads) / plain Python: {ratio:,.1f}x")
+    if "memory" in result:
+        m = result["memory"]
+        print(
+            f"memory: {m['tokens']:,} tokens streamed in {m['seconds']:.1f} s; RSS "
+            f"{m['rss_before_mb']:.0f} MB before, {m['rss_after_mb']:.0f} MB after "
+            f"(peak {m['peak_rss_mb']:.0f} MB)"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

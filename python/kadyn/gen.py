@@ -1,0 +1,26 @@
+"""`kadyn-gen`: writes a dataset of the stream's rows as Parquet shards (see docs/datasets.md).
+
+The generator is the Rust `kadyn_gen` crate, linked into the native module; this console script
+only hands it the command line. `python -m kadyn.gen ...` works too.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from kadyn import _native
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run `kadyn-gen` with `argv` (default: `sys.argv[1:]`); returns its exit status (the
+    console-script wrapper passes it to `sys.exit`)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # stdout/stderr are written by Rust: flush Python's buffers first so lines keep their order.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return _native.gen_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
