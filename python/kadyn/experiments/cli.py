@@ -1,0 +1,223 @@
+"""`kadyn-exp`: run the studies that redraw the paper's findings, and write `report.md`.
+
+    kadyn-exp plateau --individuals 250,500,1000,2000,4000 --seeds 0,1,2
+    kadyn-exp alpha --alphas 0,0.2,0.4,0.6,0.8,1 --steps 300,600
+    kadyn-exp warmup | hallucination | finetune --replay 0,0.125,0.5,1 | patching
+    kadyn-exp all --scale cpu --out /tmp/kadyn-exp     # all six, then the report
+    kadyn-exp report --out /tmp/kadyn-exp              # rebuild report.md from cached runs
+
+Every study writes OUT/<study>/study.json (its resolved options and the scale's trainer settings)
+beside its runs, so `report` can re-analyse any study from disk alone; the report always holds a
+section for every study found under OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional, Sequence
+
+from kadyn.experiments import (
+    alpha,
+    finetune,
+    hallucination,
+    options,
+    patching,
+    plateau,
+    report,
+    warmup,
+)
+from kadyn.experiments.runner import Context, RunFailed, cpu_count
+from kadyn.experiments.scales import SCALES, get_scale
+
+PROG = "kadyn-exp"
+# Run order of `all`: warmup after alpha, whose runs it reuses.
+STUDIES: dict[str, ModuleType] = {
+    m.NAME: m for m in (plateau, alpha, warmup, hallucination, finetune, patching)
+}
+SUITE_FILE = "suite.json"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints the whole usage on error; one line naming the problem is easier to read."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scale", choices=SCALES, default="cpu", help="size preset (default cpu)")
+    parser.add_argument("--out", default="runs/exp", help="output directory (default runs/exp)")
+    parser.add_argument(
+        "--jobs",
+        type=options.int_range(1, 256),
+        help="runs trained in parallel (default: cores // threads per run; 1 on gpu)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=options.int_range(1, 256),
+        help="torch threads per run (default: the scale's, else cores // jobs)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser: argparse.ArgumentParser = _OneLineParser(
+        prog=PROG,
+        description="Redraw the findings of Zucchet et al. (2025) with kadyn; write report.md.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    studies: dict[str, argparse.ArgumentParser] = {}
+    for name, module in STUDIES.items():
+        p = sub.add_parser(name, help=module.TITLE, description=f"Paper: {module.CLAIM}")
+        _add_common(p)
+        module.add_arguments(p)
+        studies[name] = p
+    _add_common(sub.add_parser("all", help="run all six studies, then write the report"))
+    p_report = sub.add_parser("report", help="rebuild report.md from the runs under --out")
+    p_report.add_argument("--out", default="runs/exp", help="output directory (default runs/exp)")
+    return parser, studies
+
+
+def _context(out: Path, scale_name: str, args: argparse.Namespace) -> Context:
+    scale = get_scale(scale_name)
+    cores = cpu_count()
+    if scale.name == "gpu":
+        default_jobs = 1  # one accelerator: runs would only queue on it
+    else:
+        # Cores split between runs: 2 one-thread runs on 2 cores (the cpu scale's threads) beat
+        # 1 two-thread run for models this small, and never oversubscribe the cores.
+        default_jobs = max(1, cores // (args.threads or scale.threads_per_run or 2))
+    jobs = args.jobs or default_jobs
+    return Context(
+        out=out,
+        preset=scale.preset,
+        base=dict(scale.base),
+        jobs=jobs,
+        threads=args.threads or scale.threads_per_run,
+        progress=not args.no_progress,
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run_study(module: ModuleType, args: argparse.Namespace, out: Path) -> list[str]:
+    """Resolve options, record them, train what is missing; returns failure messages."""
+    scale = get_scale(args.scale)
+    opts = module.resolve(args, scale)
+    ctx = _context(out, args.scale, args)
+    study_file = out / module.NAME / report.STUDY_FILE
+    previous = report.read_study_file(out / module.NAME)
+    info = {
+        "study": module.NAME,
+        "scale": scale.name,
+        "preset": ctx.preset,
+        "base": ctx.base,
+        "options": opts,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "wall_s": None,
+    }
+    _write_json(study_file, info)
+    t0 = time.perf_counter()
+    failures = []
+    try:
+        module.execute(opts, ctx)
+    except RunFailed as e:
+        failures.append(f"{module.NAME}: {e}")
+    info["wall_s"] = time.perf_counter() - t0
+    if ctx.trained == 0 and previous and previous.get("options") == opts:
+        # Everything was cached: keep the wall time of the call that trained the runs.
+        info["wall_s"], info["started"] = previous.get("wall_s"), previous.get("started")
+    _write_json(study_file, info)
+    return failures
+
+
+def analyze_study(module: ModuleType, out: Path) -> Optional[report.Section]:
+    """Re-analyse a study from its study.json and cached runs; keep the section beside it."""
+    info = report.read_study_file(out / module.NAME)
+    if info is None:
+        return None
+    ctx = Context(out=out, preset=info["preset"], base=info["base"], progress=False)
+    section = module.analyze(info["options"], ctx)
+    section.study_wall_s = info.get("wall_s")
+    report.save_section(section, out / module.NAME)
+    return section
+
+
+def write_report(out: Path, reanalyze: Sequence[str]) -> Optional[Path]:
+    """report.md from every study under OUT: those in `reanalyze` are analysed afresh (figure
+    included), the others reuse their saved section. None if OUT holds no study."""
+    sections = []
+    scales = set()
+    for name, module in STUDIES.items():
+        if name in reanalyze:
+            section = analyze_study(module, out)
+        else:
+            section = report.load_section(out / name) or analyze_study(module, out)
+        if section is None:
+            continue
+        sections.append(section)
+        info = report.read_study_file(out / name)
+        if info is not None:
+            scales.add(info["scale"])
+    if not sections:
+        return None
+    suite = out / SUITE_FILE
+    header: dict[str, Any] = {"scales": scales}
+    if suite.exists():
+        header["suite_wall_s"] = json.loads(suite.read_text()).get("wall_s")
+    return report.write_report(out, sections, header)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser, study_parsers = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    failures: list[str] = []
+    try:
+        if args.command == "report":
+            path = write_report(out, reanalyze=list(STUDIES))
+            if path is None:
+                print(
+                    f"{PROG}: error: --out {out} holds no study (no */study.json)", file=sys.stderr
+                )
+                return 2
+            print(f"wrote {path}")
+            return 0
+        if args.command == "all":
+            t0 = time.perf_counter()
+            common = ["--scale", args.scale, "--out", str(out)]
+            for name, module in STUDIES.items():
+                # Each study's own defaults (its scale plan), plus the shared options.
+                study_args = study_parsers[name].parse_args(common)
+                study_args.jobs, study_args.threads = args.jobs, args.threads
+                study_args.no_progress = args.no_progress
+                failures += run_study(module, study_args, out)
+                write_report(out, reanalyze=[name])  # a readable report after every study
+            _write_json(out / SUITE_FILE, {"scale": args.scale, "wall_s": time.perf_counter() - t0})
+            path = write_report(out, reanalyze=[])
+        else:
+            failures += run_study(STUDIES[args.command], args, out)
+            path = write_report(out, reanalyze=[args.command])
+    except ValueError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if path is not None:
+        print(f"wrote {path}")
+    if failures:
+        print("\n".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`report.md`: one section per study — figure, measured numbers beside the paper's, verdict.
+
+Studies hand back a `Section`; the report is rebuilt from every study found under OUT (each keeps
+a `study.json`), so running one study refreshes its section without dropping the others'.
+Figures use matplotlib's object API on the Agg canvas (no pyplot state, no display).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kadyn.experiments.fit import Verdict
+
+REPORT = "report.md"
+STUDY_FILE = "study.json"
+SECTION_FILE = "section.json"
+
+
+@dataclass
+class Section:
+    study: str
+    title: str
+    claim: str  # the paper's finding, in a sentence
+    verdict: Verdict
+    rule: str  # the verdict rule in words (the code in fit.py is the authority)
+    table: list[tuple[str, str, str]] = field(default_factory=list)  # quantity, kadyn, paper
+    figure: Optional[str] = None  # path relative to OUT
+    notes: list[str] = field(default_factory=list)
+    runs: int = 0
+    finished: int = 0
+    train_s: float = 0.0  # summed wall time of the runs
+    study_wall_s: Optional[float] = None  # wall time of the last `kadyn-exp <study>` call
+
+
+def save_section(section: Section, study_dir: Path) -> None:
+    """Keep the analysed section beside the study, so other studies' commands can reuse it."""
+    path = Path(study_dir) / SECTION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(section), indent=1))
+    os.replace(tmp, path)
+
+
+def load_section(study_dir: Path) -> Optional[Section]:
+    path = Path(study_dir) / SECTION_FILE
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data["verdict"] = Verdict(**data["verdict"])
+    data["table"] = [tuple(row) for row in data["table"]]
+    return Section(**data)
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.8) -> Figure:
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def fmt(value: Optional[float], digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+
+def render_section(section: Section) -> str:
+    lines = [f"## {section.title}", "", f"*Paper:* {section.claim}", ""]
+    lines += [f"**Verdict:** {section.verdict.line()}", ""]
+    if section.figure:
+        lines += [f"![{section.study}]({section.figure})", ""]
+    if section.table:
+        lines += ["| quantity | kadyn | paper |", "| --- | --- | --- |"]
+        lines += [f"| {q} | {m} | {p} |" for q, m, p in section.table]
+        lines.append("")
+    lines += [f"*Rule:* {section.rule}", ""]
+    wall = f", study wall time {section.study_wall_s / 60:.1f} min" if section.study_wall_s else ""
+    lines.append(
+        f"*Runs:* {section.finished}/{section.runs} finished, "
+        f"{section.train_s / 60:.1f} min of training{wall}."
+    )
+    lines.append("")
+    lines += [f"- {note}" for note in section.notes]
+    if section.notes:
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(
+    out: Path, sections: Sequence[Section], header: Optional[dict[str, Any]] = None
+) -> Path:
+    """Write OUT/report.md from `sections` (in the given order) and return its path."""
+    header = header or {}
+    lines = [
+        "# kadyn experiment report",
+        "",
+        "Reproduction of Zucchet et al. (2025), *How do language models learn facts?*, with the "
+        "kadyn data engine and trainer. Verdicts are computed by the rules in "
+        "`kadyn/experiments/fit.py`; the numbers come from the runs under this directory.",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.",
+    ]
+    if header.get("scales"):
+        lines.append(f"Scale(s): {', '.join(sorted(header['scales']))}.")
+    if header.get("suite_wall_s") is not None:
+        lines.append(
+            f"Wall time of the last `kadyn-exp all`: {header['suite_wall_s'] / 60:.1f} min."
+        )
+    lines.append("")
+    summary = ["| study | verdict |", "| --- | --- |"]
+    summary += [f"| {s.title} | {s.verdict.outcome} |" for s in sections]
+    lines += summary + [""]
+    lines += [render_section(s) for s in sections]
+    path = Path(out) / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+    return path
+
+
+def read_study_file(study_dir: Path) -> Optional[dict[str, Any]]:
+    path = study_dir / STUDY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_counts(results: Sequence[Any]) -> tuple[int, int, float]:
+    """(runs, finished, summed training seconds) of a study's list of Optional[RunResult]."""
+    done = [r for r in results if r is not None]
+    seconds = sum(float(r.summary.get("run_wall_s", r.summary.get("wall_s", 0.0))) for r in done)
+    return len(results), len(done), seconds

@@ -1,0 +1,268 @@
+"""The decoder-only transformer trained on biographies (nanoGPT-style, one file).
+
+Pre-norm blocks (RMSNorm), rotary position embeddings, causal self-attention and a GELU MLP; a
+final RMSNorm and an output head tied to the token embedding or not. Two compute paths:
+
+- the fast path (training, evaluation) calls `kadyn.kernels.attention` and applies the head with
+  `kadyn.kernels.attribute_loss`, which on CUDA never materialises the (tokens x vocab) logits and
+  returns per-token cross-entropy and correctness for the knowledge metrics in the same pass;
+- an explicit slow path computes softmax(QK^T / sqrt(d)) itself, so that attention patterns can be
+  read out (`return_attention=True`) or replaced per layer (`attention_override={layer: p}`), as the
+  attention-patching experiment needs (paper, App. D.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kadyn.kernels import attention, attribute_loss
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    max_seq_len: int = 128
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class GPTOutput(NamedTuple):
+    """What a forward pass returns. Loss fields are None without targets.
+
+    token_ce[b, t] / token_correct[b, t] score the prediction of input_ids[b, t + 1] made at
+    position t (the targets' alignment); attention[l] is layer l's (B, H, T, T) pattern.
+    """
+
+    loss: Optional[torch.Tensor]
+    token_ce: Optional[torch.Tensor]
+    token_correct: Optional[torch.Tensor]
+    hidden: torch.Tensor
+    attention: Optional[list[torch.Tensor]]
+
+
+def rope_tables(
+    seq_len: int, head_dim: int, base: float, device: Optional[torch.device] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)  # (T, Dh/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, Dh) pairs (x[..., i], x[..., i + Dh/2]) by position-dependent angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[: x.shape[-2]], sin[: x.shape[-2]]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        return_attention: bool = False,
+        pattern: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        att = None
+        if pattern is not None:
+            # Patched: the given pattern replaces softmax(QK^T); no gradient flows into it, so the
+            # queries and keys of this layer receive none either (as in the paper's twin model).
+            if pattern.shape != (B, self.n_heads, T, T):
+                raise ValueError(
+                    f"attention_override pattern must have shape {(B, self.n_heads, T, T)}, "
+                    f"got {tuple(pattern.shape)}"
+                )
+            att = pattern.detach().to(v.dtype)
+            y = att @ v
+        elif return_attention:
+            scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1).to(v.dtype)
+            y = att @ v
+        else:
+            y = attention(q, k, v, causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D)), att
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, config.d_mlp, bias=False)
+        self.down = nn.Linear(config.d_mlp, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model)
+        self.attn = CausalSelfAttention(config)
+        self.mlp_norm = nn.RMSNorm(config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        return_attention: bool = False,
+        pattern: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        a, att = self.attn(self.attn_norm(x), cos, sin, return_attention, pattern)
+        x = x + a
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, att
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model)
+        self.head = (
+            None
+            if config.tie_embeddings
+            else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        )
+        cos, sin = rope_tables(config.max_seq_len, config.head_dim, config.rope_base)
+        # Not persistent: derived from the config, so checkpoints hold only learned tensors.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual-stream writes by 1/sqrt(2L) so the stream's variance at init
+        # does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.down.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.head is None else self.head.weight
+
+    def num_parameters(self, embeddings: bool = True) -> int:
+        """Parameter count; without embeddings drops the token embedding and an untied head."""
+        n = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            n -= self.embed.weight.numel()
+            if self.head is not None:
+                n -= self.head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 x (matmul parameters) + attention scores (PaLM, App. B)."""
+        c = self.config
+        matmul_params = self.num_parameters(embeddings=False) + c.vocab_size * c.d_model
+        return 6.0 * matmul_params + 12.0 * c.n_layers * c.d_model * seq_len
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        return_attention: bool = False,
+        attention_override: Optional[dict[int, torch.Tensor]] = None,
+    ) -> tuple[torch.Tensor, Optional[list[torch.Tensor]]]:
+        """Final-norm hidden states (B, T, d) and, on request, every layer's attention pattern."""
+        B, T = input_ids.shape
+        if T > self.config.max_seq_len:
+            raise ValueError(f"sequence length must be <= {self.config.max_seq_len}, got {T}")
+        override = attention_override or {}
+        for layer in override:
+            if not 0 <= layer < self.config.n_layers:
+                raise ValueError(
+                    f"attention_override layer must be in [0, {self.config.n_layers - 1}], "
+                    f"got {layer}"
+                )
+        x = self.embed(input_ids)
+        patterns: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            x, att = block(x, self.rope_cos, self.rope_sin, return_attention, override.get(i))
+            if return_attention:
+                assert att is not None
+                patterns.append(att)
+        return self.norm(x), (patterns if return_attention else None)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        return_attention: bool = False,
+        attention_override: Optional[dict[int, torch.Tensor]] = None,
+    ) -> GPTOutput:
+        """input_ids (B, T); targets (B, T) int64 with IGNORE_INDEX where nothing is predicted."""
+        hidden, patterns = self.hidden_states(
+            input_ids.long(), return_attention, attention_override
+        )
+        if targets is None:
+            return GPTOutput(None, None, None, hidden, patterns)
+        B, T, D = hidden.shape
+        loss, token_ce, token_correct = attribute_loss(
+            hidden.reshape(B * T, D), self.head_weight, targets.reshape(B * T).long()
+        )
+        return GPTOutput(loss, token_ce.view(B, T), token_correct.view(B, T), hidden, patterns)
+
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_override: Optional[dict[int, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """Full (B, T, vocab) float logits: generation and tests, not the training path."""
+        hidden, _ = self.hidden_states(input_ids.long(), False, attention_override)
+        return F.linear(hidden, self.head_weight).float()
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: int = -1
+    ) -> torch.Tensor:
+        """Greedy continuation of (B, T) prompts (stops early once every row produced eos_id)."""
+        out = input_ids.long()
+        for _ in range(max_new_tokens):
+            window = out[:, -self.config.max_seq_len :]
+            next_id = self.logits(window)[:, -1].argmax(-1, keepdim=True)
+            out = torch.cat([out, next_id], dim=1)
+            if eos_id >= 0 and bool((next_id == eos_id).all()):
+                break
+        return out
+
+
+def next_token_targets(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Targets for every position: the next token, IGNORE_INDEX at <pad> and after the last one."""
+    ids = input_ids.long()
+    targets = torch.full_like(ids, IGNORE_INDEX)
+    targets[:, :-1] = ids[:, 1:]
+    targets[targets == pad_id] = IGNORE_INDEX
+    return targets

@@ -1,0 +1,1 @@
+"""Training presets (TOML), read with importlib.resources by `kadyn.config`."""

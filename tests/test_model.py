@@ -1,0 +1,177 @@
+"""The transformer (kadyn.model): fast vs slow path, attention read-out/patching, heads, RoPE."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kadyn.model import (
+    GPT,
+    IGNORE_INDEX,
+    ModelConfig,
+    apply_rope,
+    next_token_targets,
+    rope_tables,
+)
+
+V, T = 50, 12
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: one thread is fastest, and immune to a busy machine's oversubscription.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small(tie: bool = True, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(
+        ModelConfig(
+            vocab_size=V,
+            n_layers=2,
+            d_model=32,
+            n_heads=2,
+            d_mlp=64,
+            max_seq_len=16,
+            tie_embeddings=tie,
+        )
+    )
+
+
+def batch(seed: int = 1, B: int = 3) -> torch.Tensor:
+    return torch.randint(3, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_forward_matches_logits_path(tie: bool) -> None:
+    model = small(tie)
+    ids = batch()
+    targets = next_token_targets(ids, pad_id=0)
+    out = model(ids, targets)
+    logits = model.logits(ids)
+    assert logits.shape == (3, T, V)
+    ce = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
+    assert torch.allclose(out.token_ce.reshape(-1), ce, atol=1e-5)
+    assert torch.allclose(out.loss, ce[targets.reshape(-1) != IGNORE_INDEX].mean(), atol=1e-5)
+    argmax_right = (logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)
+    assert torch.equal(out.token_correct, argmax_right)
+    assert out.attention is None
+
+
+def test_causal() -> None:
+    model = small()
+    ids = batch()
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % V
+    a, b = model.logits(ids), model.logits(changed)
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:], atol=1e-3)
+
+
+def test_return_attention_is_the_slow_path_of_the_same_function() -> None:
+    model = small()
+    ids = batch()
+    targets = next_token_targets(ids, 0)
+    fast = model(ids, targets)
+    slow = model(ids, targets, return_attention=True)
+    assert torch.allclose(fast.loss, slow.loss, atol=1e-5)
+    assert len(slow.attention) == 2
+    for p in slow.attention:
+        assert p.shape == (3, 2, T, T)
+        assert torch.allclose(p.sum(-1), torch.ones(3, 2, T), atol=1e-5)
+        assert (p.triu(1) == 0).all()  # nothing attends to the future
+
+
+def test_attention_override() -> None:
+    model = small()
+    ids = batch()
+    targets = next_token_targets(ids, 0)
+    own = model(ids, targets, return_attention=True).attention
+    same = model(ids, targets, attention_override={1: own[1]})
+    assert torch.allclose(same.loss, model(ids, targets).loss, atol=1e-5)
+
+    # Attending only to itself in layer 0 changes the output...
+    diagonal = torch.eye(T).expand(3, 2, T, T)
+    patched = model(ids, targets, attention_override={0: diagonal}, return_attention=True)
+    assert not torch.allclose(patched.hidden, same.hidden, atol=1e-4)
+    assert torch.equal(patched.attention[0], diagonal)
+    # ...and no gradient reaches layer 0's queries and keys (only its values).
+    model.zero_grad()
+    patched.loss.backward()
+    grad = model.blocks[0].attn.qkv.weight.grad
+    d = model.config.d_model
+    assert grad[: 2 * d].abs().max() == 0
+    assert grad[2 * d :].abs().max() > 0
+    assert model.blocks[1].attn.qkv.weight.grad[:d].abs().max() > 0
+
+
+def test_attention_override_is_checked() -> None:
+    model = small()
+    ids = batch()
+    with pytest.raises(ValueError, match=r"layer must be in \[0, 1\], got 2"):
+        model(ids, attention_override={2: torch.zeros(3, 2, T, T)})
+    with pytest.raises(ValueError, match="shape"):
+        model(ids, attention_override={0: torch.zeros(3, 2, T, T + 1)})
+
+
+def test_parameter_counts() -> None:
+    tied, untied = small(True), small(False)
+    body = 2 * (4 * 32 * 32 + 2 * 32 * 64 + 2 * 32) + 32  # blocks (qkv, proj, MLP, 2 norms), norm
+    assert tied.num_parameters(embeddings=False) == body
+    assert untied.num_parameters(embeddings=False) == body
+    assert tied.num_parameters() == body + V * 32
+    assert untied.num_parameters() == body + 2 * V * 32
+    assert untied.head_weight is not untied.embed.weight
+    assert tied.head_weight is tied.embed.weight
+    assert tied.flops_per_token(T) == 6 * (body + V * 32) + 12 * 2 * 32 * T
+
+
+def test_rope_depends_only_on_relative_position() -> None:
+    cos, sin = rope_tables(32, 8, 10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(m: int, n: int) -> float:
+        qm = apply_rope(q.expand(1, 1, 32, 8), cos, sin)[0, 0, m]
+        kn = apply_rope(k.expand(1, 1, 32, 8), cos, sin)[0, 0, n]
+        return float(qm @ kn)
+
+    assert score(5, 2) == pytest.approx(score(20, 17), abs=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
+
+
+def test_next_token_targets_ignore_pad_and_last() -> None:
+    ids = torch.tensor([[1, 5, 6, 2, 0, 0]])
+    assert next_token_targets(ids, pad_id=0).tolist() == [[5, 6, 2, -100, -100, -100]]
+
+
+def test_too_long_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="sequence length must be <= 16"):
+        small()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_generate_is_greedy() -> None:
+    model = small()
+    prompt = batch(B=1)[:, :4]
+    out = model.generate(prompt, max_new_tokens=3)
+    assert out.shape == (1, 7)
+    assert torch.equal(out[:, :4], prompt)
+    assert int(out[0, 4]) == int(model.logits(prompt)[0, -1].argmax())
+    assert int(out[0, 6]) == int(model.logits(out[:, :6])[0, -1].argmax())
+
+
+def test_learns_a_batch() -> None:
+    model = small()
+    ids = batch(B=4)
+    targets = next_token_targets(ids, 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = model(ids, targets).loss.item()
+    for _ in range(40):
+        loss = model(ids, targets).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3 * first

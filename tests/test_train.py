@@ -1,0 +1,379 @@
+"""The trainer (kadyn.train, kadyn.config, kadyn.checkpoint, kadyn.plots) on tiny worlds.
+
+End-to-end runs use a 24-individual world and a one-layer model so that each takes seconds; the
+resume test kills a real `kadyn-train` process with SIGKILL and compares its metrics, after
+resuming, with an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kadyn.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from kadyn.config import (
+    TrainConfig,
+    load_config_file,
+    load_preset,
+    make_config,
+    parse_args,
+    read_toml,
+    to_toml,
+)
+from kadyn.model import GPT, ModelConfig
+from kadyn.plots import plot_curves
+from kadyn.train import lr_factor, main, param_groups, replay_rows, train
+
+# A world and model small enough for a few seconds per run (the biographies still need 92 tokens).
+SMALL = dict(
+    individuals=24,
+    heldout=8,
+    n_first_names=30,
+    n_last_names=30,
+    n_cities=20,
+    n_universities=10,
+    n_majors=10,
+    n_companies=10,
+    year_min=1990,
+    year_max=1999,
+    n_layers=1,
+    d_model=32,
+    n_heads=2,
+    d_mlp=64,
+    batch_size=8,
+    seq_len=96,
+    lr=3e-3,
+    threads=1,
+    progress=False,
+)
+SMALL_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "progress"]
+SMALL_FLAGS.append("--no-progress")
+# Fields that measure time, not what was computed.
+TIMING = {"tokens_per_s", "mfu", "elapsed_s"}
+
+
+def small_config(out: Path, **overrides) -> TrainConfig:
+    return make_config("tiny", out=str(out), **{**SMALL, **overrides})
+
+
+def read_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def assert_same_numbers(a, b, path: str = "") -> None:
+    """Equal structure and values; floats to 1e-9 relative (the engine's no-knowledge baseline
+    is a parallel float sum, so two processes may differ in its last bit)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            assert_same_numbers(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_numbers(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+def test_presets_load_and_round_trip() -> None:
+    for name in ("tiny", "paper"):
+        config = make_config(name)
+        config.validate()
+        assert read_toml(to_toml(config), "x") == config.to_dict()
+    paper = make_config("paper")
+    assert (paper.n_layers, paper.d_model, paper.n_heads, paper.d_mlp) == (8, 512, 8, 2048)
+    assert (paper.batch_size, paper.seq_len, paper.steps, paper.individuals) == (
+        128,
+        512,
+        16000,
+        64000,
+    )
+    assert (paper.lr, paper.beta1, paper.beta2, paper.weight_decay) == (4e-4, 0.9, 0.95, 0.1)
+    assert load_preset("tiny")["individuals"] == make_config("tiny").individuals
+
+
+def test_flags_override_the_preset() -> None:
+    config, given = parse_args(["--preset", "paper", "--lr", "1e-3", "--no-tie-embeddings"])
+    assert config.lr == 1e-3 and config.d_model == 512 and config.tie_embeddings is False
+    assert given == {"preset": "paper", "lr": 1e-3, "tie_embeddings": False}
+    config, _ = parse_args(["--sampling", "power", "--alpha", "0.7", "--d-model", "64"])
+    assert (config.preset, config.sampling, config.alpha, config.d_model) == (
+        "tiny",
+        "power",
+        0.7,
+        64,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--alpha", "-0.5"], "--alpha must be >= 0, got -0.5"),
+        (["--min-lr-ratio", "2"], "--min-lr-ratio must be <= 1, got 2.0"),
+        (["--sampling", "zipf"], "argument --sampling: invalid choice: 'zipf'"),
+        (["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+        (["--preset", "huge"], "--preset must be one of paper, tiny, got 'huge'"),
+        (["--d-model", "100", "--n-heads", "4"], "--d-model must be a multiple of 2 * --n-heads"),
+        (["--d-model", "64", "--n-heads", "8"], "--d-model / --n-heads must be in 16..128"),
+        (["--sampling", "curriculum"], "--warmup-individuals must be in [1, 800]"),
+        (["--replay-weight", "1"], "--replay-weight needs --population new"),
+        (["--resume"], "--resume needs --out DIR"),
+        (["--seq-len", "40"], "--seq-len must be >= 97"),
+    ],
+)
+def test_bad_flags_exit_with_one_line(argv, message, capsys, tmp_path) -> None:
+    if "--resume" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "x")]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors (type, choice)
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_toml_errors_name_the_key(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown option 'learning_rate'"):
+        read_toml("[optim]\nlearning_rate = 1.0\n", "f")
+    with pytest.raises(ValueError, match="steps must be int, got str"):
+        read_toml('steps = "many"\n', "f")
+    assert read_toml("[optim]\nlr = 1\n", "f") == {"lr": 1.0}
+
+
+def test_lr_schedule() -> None:
+    assert lr_factor(0, 100, 0.1, False) == 1.0
+    assert lr_factor(50, 100, 0.1, False) == pytest.approx(0.55)
+    assert lr_factor(100, 100, 0.1, False) == pytest.approx(0.1)
+    assert lr_factor(80, 100, 0.1, True) == 1.0
+
+
+def test_weight_decay_only_on_block_matrices() -> None:
+    model = GPT(
+        ModelConfig(
+            vocab_size=20, n_layers=1, d_model=32, n_heads=2, d_mlp=64, tie_embeddings=False
+        )
+    )
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(
+        [
+            "blocks.0.attn.qkv.weight",
+            "blocks.0.attn.proj.weight",
+            "blocks.0.mlp.up.weight",
+            "blocks.0.mlp.down.weight",
+            "head.weight",
+        ]
+    )
+    assert "embed.weight" in {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_replay_rows() -> None:
+    assert replay_rows(32, 0) == 0
+    assert replay_rows(32, 1) == 16
+    assert replay_rows(30, 2) == 20
+    assert replay_rows(32, 1 / 32) == 1  # at least one row when replaying
+    assert replay_rows(4, 100) == 3  # at least one new row
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints and plots
+
+
+def test_checkpoint_save_is_atomic_and_load_is_safe(tmp_path) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "model_config": {}, "step": 3}, path)
+    assert load_checkpoint(path)["step"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        load_checkpoint(path)
+    torch.save({"model": {}, "model_config": {}, "evil": TrainConfig()}, path)  # a pickled object
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_plot_curves(tmp_path) -> None:
+    records = [
+        {
+            "step": s,
+            "baseline": 4.0,
+            "attr_loss": loss,
+            "attr_loss_eval": loss,
+            "heldout_attr_loss": loss,
+            "attr_acc": 0.0,
+            "attr_acc_eval": 0.0,
+            "heldout_attr_acc": None,
+        }
+        for s, loss in [(0, 9.0), (10, 4.1), (20, 4.0), (30, 2.0)]
+    ]
+    plot_curves(records, tmp_path / "c.png", plateau_start=10, plateau_end=30)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="at least one"):
+        plot_curves([], tmp_path / "d.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_run_writes_outputs_and_finetune_starts_from_it(tmp_path) -> None:
+    seen: list[int] = []
+    summary = train(
+        small_config(tmp_path / "run", steps=6, eval_every=3),
+        on_eval=lambda step, record, model: seen.append(step),
+    )
+    out = tmp_path / "run"
+    assert seen == [0, 3, 6]
+    assert load_config_file(out / "config.toml") == small_config(out, steps=6, eval_every=3)
+    assert (out / "curves.png").exists()
+    records = read_records(out)
+    assert [r["step"] for r in records] == [0, 3, 6]
+    required = {
+        "step",
+        "train_loss",
+        "attr_loss",
+        "attr_acc",
+        "attr_loss_eval",
+        "attr_acc_eval",
+        "heldout_attr_loss",
+        "heldout_confidence",
+        "baseline",
+        "phase",
+        "tokens_per_s",
+    }
+    assert required <= set(records[-1])
+    assert records[0]["train_loss"] is None and records[-1]["train_loss"] > 0
+    assert records[0]["attr_loss_eval"] > records[0]["baseline"]  # untrained: worse than stats
+    assert records[-1]["attr_loss_eval"] < records[0]["attr_loss_eval"]
+    assert 0 < records[-1]["heldout_confidence"] < 1
+    assert set(records[-1]["by_attribute"]) == {
+        "birth_place",
+        "birth_date",
+        "university",
+        "major",
+        "company",
+        "current_location",
+    }
+    assert summary["final"] == records[-1]
+    model, state = load_model(out)
+    assert state["step"] == 6 and isinstance(model, GPT)
+
+    # Fine-tuning from that checkpoint: a fresh run whose step-0 evaluation is the old final one.
+    start: list[dict] = []
+    train(
+        small_config(
+            tmp_path / "ft",
+            steps=1,
+            eval_every=1,
+            constant_lr=True,
+            init_checkpoint=str(out / "checkpoint.pt"),
+        ),
+        on_eval=lambda step, record, model: start.append(record),
+    )
+    assert start[0]["attr_loss_eval"] == pytest.approx(records[-1]["attr_loss_eval"], rel=1e-6)
+
+    # The same directory again without --resume is refused (not silently overwritten).
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(small_config(out, steps=6, eval_every=3))
+
+
+def test_replay_run_reports_old_individuals(tmp_path) -> None:
+    records: list[dict] = []
+    train(
+        small_config(
+            tmp_path / "r",
+            steps=2,
+            eval_every=2,
+            new_individuals=8,
+            population="new",
+            replay_weight=1.0,
+        ),
+        on_eval=lambda step, record, model: records.append(record),
+        on_step=lambda step, batch, model: records.append({"replay": batch["replay"].tolist()}),
+    )
+    # Replay weight 1: half of each 8-row batch comes from the old ('train') population.
+    assert [r["replay"] for r in records if "replay" in r] == [[False] * 4 + [True] * 4] * 2
+    assert records[-1]["old_attr_loss_eval"] > 0
+    assert records[-1]["attr_loss_eval"] > 0
+
+
+def run_cli(out: Path, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kadyn.train", *SMALL_FLAGS, "--out", str(out), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path) -> None:
+    flags = ["--steps", "40", "--eval-every", "4", "--checkpoint-every", "4"]
+    full = run_cli(tmp_path / "full", *flags)
+    killed_dir = tmp_path / "killed"
+    killed = run_cli(killed_dir, *flags)
+    ckpt = killed_dir / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.005)
+    # Let it write a checkpoint or two more, then kill it without warning.
+    time.sleep(0.3)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    steps_done = [r["step"] for r in read_records(killed_dir)]
+    assert steps_done[-1] < 40, "the run finished before it was killed; make it longer"
+    resumed = run_cli(killed_dir, *flags, "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert "resumed" in resumed.stderr.read()
+    assert full.wait() == 0, full.stderr.read()
+    a, b = read_records(tmp_path / "full"), read_records(killed_dir)
+    assert [r["step"] for r in b] == list(range(0, 41, 4))
+    assert_same_numbers(without_timing(a), without_timing(b))
+
+
+def test_resume_refuses_an_incompatible_config(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main([*SMALL_FLAGS, "--steps", "2", "--eval-every", "2", "--out", str(out)]) == 0
+    for flag, value in (("--d-model", "64"), ("--individuals", "30"), ("--seed", "1")):
+        capsys.readouterr()
+        assert main(["--out", str(out), "--resume", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag} differs from the checkpoint" in err, err
+    # Resuming a finished run with no flags takes its saved config and has nothing left to do.
+    assert main(["--out", str(out), "--resume"]) == 0
+
+
+def test_resume_without_or_with_a_corrupt_checkpoint(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    assert main([*SMALL_FLAGS, "--out", str(out), "--resume"]) == 2
+    assert "--resume: no checkpoint at" in capsys.readouterr().err
+    (out / "checkpoint.pt").write_bytes(b"\x00" * 10)
+    assert main([*SMALL_FLAGS, "--out", str(out), "--resume"]) == 2
+    assert "--resume: corrupt checkpoint" in capsys.readouterr().err
+    assert os.listdir(out) == ["checkpoint.pt"]
