@@ -297,6 +297,11 @@ def test_run_writes_outputs_and_finetune_starts_from_it(tmp_path) -> None:
     )
     assert start[0]["attr_loss_eval"] == pytest.approx(records[-1]["attr_loss_eval"], rel=1e-6)
 
+    with pytest.raises(ValueError, match="--init-checkpoint: model d_model is 32 there, 64 now"):
+        train(
+            small_config(tmp_path / "ft2", d_model=64, init_checkpoint=str(out / "checkpoint.pt"))
+        )
+
     # The same directory again without --resume is refused (not silently overwritten).
     with pytest.raises(ValueError, match="already holds a run"):
         train(small_config(out, steps=6, eval_every=3))

@@ -485,6 +485,12 @@ def _train(
     data = TrainBatches(world, config, runtime)
     probes = build_probes(world, config, runtime)
     baseline = float(world.no_knowledge_loss(population=config.population)["mean"])
+    if runtime.world_size > 1:
+        # The engine's sum is parallel (last bit may vary): every rank takes rank 0's value so
+        # that phases, records and the checkpoint agree.
+        shared = torch.tensor([baseline], dtype=torch.float64, device=device)
+        dist.broadcast(shared, src=0)
+        baseline = shared.item()
 
     # --- model and optimizer ---
     torch.manual_seed(config.seed)
@@ -538,7 +544,7 @@ def _train(
         loss_acc.fill_(float(ckpt["loss_sum"]))
         loss_count = int(ckpt["loss_count"])
         # The run's own baseline, not a recomputation: the phases were detected against it.
-        baseline = float(ckpt["baseline"])
+        baseline = float(ckpt.get("baseline", baseline))
         if runtime.is_main:
             truncate_metrics(metrics_path, step)
         log(f"resumed {out} at step {step}")
@@ -548,9 +554,11 @@ def _train(
         except CheckpointError as e:
             raise ValueError(f"--init-checkpoint: {e}") from None
         for key, value in ckpt["model_config"].items():
+            # max_seq_len only sizes the RoPE tables; vocab_size follows the world's pools.
             if getattr(model_config, key) != value and key != "max_seq_len":
+                what = "vocab_size (set by the world's pool sizes)" if key == "vocab_size" else key
                 raise ValueError(
-                    f"--init-checkpoint: {flag_name(key)} is {value!r} there, "
+                    f"--init-checkpoint: model {what} is {value!r} there, "
                     f"{getattr(model_config, key)!r} now"
                 )
         model.load_state_dict(ckpt["model"])

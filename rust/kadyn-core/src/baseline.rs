@@ -3,7 +3,7 @@
 //! tokens, its cross-entropy is the entropy of the value distribution (chain rule), so the
 //! baseline per attribute type is that entropy in nats.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::attribute::{Attribute, N_ATTRIBUTES};
 use crate::world::{Population, World};
@@ -15,7 +15,9 @@ pub fn no_knowledge_loss(world: &World, population: Population) -> [f64; N_ATTRI
     let n = range.len() as f64;
     let mut out = [0.0; N_ATTRIBUTES];
     for attr in Attribute::ALL {
-        let mut counts: HashMap<u32, u64> = HashMap::new();
+        // Ordered map: the float sum runs in the same order in every process (HashMap's order is
+        // randomised per process, which changed the last bit between DDP ranks and resumes).
+        let mut counts: BTreeMap<u32, u64> = BTreeMap::new();
         for ind in &world.individuals()[range.clone()] {
             *counts.entry(ind.values[attr as usize]).or_default() += 1;
         }
