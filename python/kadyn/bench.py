@@ -69,8 +69,12 @@ def timed(step: Callable[[], int], seconds: float) -> tuple[float, int]:
 
 
 def load_baseline(path: Optional[str]) -> Optional[types.ModuleType]:
-    candidate = Path(path) if path else ROOT / "benches" / "python_baseline.py"
-    if not candidate.is_file():
+    # The baseline lives in the repository's benches/, not in the wheel: look beside the source
+    # tree (editable installs) and in the working directory (a checkout, as in CI).
+    places = [Path(path)] if path else [ROOT, Path.cwd()]
+    found = [p if p.suffix == ".py" else p / "benches" / "python_baseline.py" for p in places]
+    candidate = next((c for c in found if c.is_file()), None)
+    if candidate is None:
         return None
     spec = importlib.util.spec_from_file_location("python_baseline", candidate)
     assert spec is not None and spec.loader is not None
