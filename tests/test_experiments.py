@@ -212,3 +212,36 @@ def test_a_run_held_by_another_process_is_refused(tmp_path: Path) -> None:
         with pytest.raises(runner.RunFailed, match="another process"):
             ctx.run([spec], "t")
     assert not (run_dir / RESULT).exists()
+
+
+# ids: a bare "gpu" id would be taken for the `gpu` marker by conftest and skipped without CUDA.
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "gpu"], ids=lambda s: f"{s}-scale")
+def test_every_scale_resolves_and_plans_its_runs(scale: str, tmp_path: Path) -> None:
+    from kadyn.config import make_config
+    from kadyn.experiments.scales import get_scale
+
+    _, parsers = cli.build_parser()
+    plan = get_scale(scale)
+    ctx = Context(out=tmp_path, preset=plan.preset, base=dict(plan.base))
+    planned = {
+        "plateau": lambda o: cli.STUDIES["plateau"].specs(o, ctx),
+        "alpha": lambda o: cli.STUDIES["alpha"].specs(o, ctx),
+        "warmup": lambda o: (
+            cli.STUDIES["warmup"].curriculum_specs(o, ctx)
+            + cli.STUDIES["warmup"].alpha_specs(o, ctx)
+        ),
+        "hallucination": lambda o: cli.STUDIES["hallucination"].specs(o, ctx),
+        "finetune": lambda o: (
+            [cli.STUDIES["finetune"].pretrain_spec(o, ctx)]
+            + cli.STUDIES["finetune"].finetune_specs(o, ctx)
+        ),
+        "patching": lambda o: [cli.STUDIES["patching"].reference_spec(o, ctx)],
+    }
+    for name, module in cli.STUDIES.items():
+        opts = module.resolve(parsers[name].parse_args(["--scale", scale]), plan)
+        json.dumps(opts)  # kept in study.json
+        specs = planned[name](opts)
+        assert specs
+        for spec in specs:  # every run is a valid trainer config
+            overrides = {k: v for k, v in spec.overrides.items() if k != "init_checkpoint"}
+            make_config(spec.preset, **overrides).validate()

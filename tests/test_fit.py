@@ -248,6 +248,9 @@ def test_finetune_verdict() -> None:
     # replay helps as much at the start as at the end
     early_help = ft(old_early={0.0: 0.2, 1.0: 0.8})
     assert fit.finetune_verdict(early_help).outcome == INCONCLUSIVE
+    # helps more later, but already more than half as much at the start
+    some_early_help = ft(old_early={0.0: 0.2, 1.0: 0.5})
+    assert fit.finetune_verdict(some_early_help).outcome == INCONCLUSIVE
     # new individuals learned fast: not "slowly"
     fast = ft(new_early={0.0: 0.8, 1.0: 0.8})
     assert fit.finetune_verdict(fast).outcome == INCONCLUSIVE

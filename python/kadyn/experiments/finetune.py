@@ -197,7 +197,8 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
             f"{fitting.COLLAPSE_FRACTION:.0%} of old accuracy is lost by the early point (step "
             f"{early}) while new accuracy there is below half the pre-trained old accuracy, and "
             f"the largest replay keeps ≥ {fitting.MIN_REPLAY_GAIN:.0%} more old accuracy at the "
-            "end than early; not reproduced if little is forgotten (< "
+            f"end, its early gain being at most {fitting.EARLY_REPLAY_SHARE:.0%} of that; "
+            "not reproduced if little is forgotten (< "
             f"{fitting.NO_FORGETTING_FRACTION:.0%} lost early and at the end) or replay keeps "
             "nothing at the end; else inconclusive."
         ),

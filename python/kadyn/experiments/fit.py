@@ -380,11 +380,13 @@ def hallucination_verdict(s: HallucinationStats) -> Verdict:
 
 # Finding 7: fine-tuning makes old accuracy collapse early (at least half lost by the early point)
 # while new individuals are still mostly unknown; replay keeps more old knowledge at the end
-# (>= 5 points) than at the early point. Below 30% pre-trained accuracy there is little to forget.
+# (>= 5 points), and "not at the start": its early gain is at most half its final gain. Below 30%
+# pre-trained accuracy there is little to forget.
 MIN_PRETRAINED_ACC = 0.3
 COLLAPSE_FRACTION = 0.5
 NO_FORGETTING_FRACTION = 0.2
 MIN_REPLAY_GAIN = 0.05
+EARLY_REPLAY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -415,7 +417,7 @@ def finetune_verdict(s: FinetuneStats) -> Verdict:
     slow = s.new_early[0.0] < COLLAPSE_FRACTION * s.old_start
     if (not collapse and drop_final < NO_FORGETTING_FRACTION * s.old_start) or gain_final <= 0:
         return Verdict(NOT_REPRODUCED, text)
-    helps_later = gain_final >= MIN_REPLAY_GAIN and gain_early < gain_final
+    helps_later = gain_final >= MIN_REPLAY_GAIN and gain_early <= EARLY_REPLAY_SHARE * gain_final
     return Verdict(REPRODUCED if collapse and slow and helps_later else INCONCLUSIVE, text)
 
 

@@ -38,7 +38,9 @@ PLATEAU_FRACTION = {"early": 0.0, "mid": 0.5, "late": 0.85}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--individuals", type=options.size, help="N of the reference and twins")
-    parser.add_argument("--steps", type=options.steps, help="steps of the reference and twins")
+    parser.add_argument(
+        "--steps", type=options.steps, help="lr schedule length of the reference and twins"
+    )
     parser.add_argument("--seed", type=options.seed, help="seed of the reference (twins: +1)")
 
 
@@ -48,6 +50,7 @@ def resolve(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
     return {
         "individuals": args.individuals or plan.individuals,
         "steps": steps,
+        "after_knowledge": plan.after_knowledge,
         "eval_every": min(plan.eval_every, max(1, steps // 4)),
         "seed": plan.seed if args.seed is None else args.seed,
         "sources": list(plan.sources),
@@ -71,6 +74,7 @@ def reference_spec(opts: dict[str, Any], ctx: Context) -> RunSpec:
         NAME,
         f"reference-n{opts['individuals']}-s{opts['seed']}",
         snapshot_models=True,
+        stop_after_knowledge=opts["after_knowledge"],
         seed=opts["seed"],
         **_common(opts),
     )
@@ -96,8 +100,17 @@ def source_steps(reference: RunResult, sources: list[str]) -> dict[str, int]:
 
 def twin_specs(opts: dict[str, Any], ctx: Context, reference: RunResult) -> list[RunSpec]:
     ref = reference_spec(opts, ctx)
+    # Twins train as long as the reference did, on the same lr schedule.
+    stop = int(reference.records[-1]["step"])
     twins = [
-        ctx.spec(NAME, "twin-none", meta={"source": "none"}, seed=opts["seed"] + 1, **_common(opts))
+        ctx.spec(
+            NAME,
+            "twin-none",
+            meta={"source": "none"},
+            stop_at_step=stop,
+            seed=opts["seed"] + 1,
+            **_common(opts),
+        )
     ]
     for name, step in source_steps(reference, opts["sources"]).items():
         path = snapshot_path(ref.run_dir(ctx.out), step).relative_to(ctx.out)
@@ -106,6 +119,7 @@ def twin_specs(opts: dict[str, Any], ctx: Context, reference: RunResult) -> list
                 NAME,
                 f"twin-{name}-step{step}",
                 patch_checkpoint=str(path),
+                stop_at_step=stop,
                 meta={"source": name, "source_step": step},
                 seed=opts["seed"] + 1,
                 **_common(opts),

@@ -72,12 +72,6 @@ def save_figure(fig: Figure, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def fmt(value: Optional[float], digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
-
-
 def render_section(section: Section) -> str:
     lines = [f"## {section.title}", "", f"*Paper:* {section.claim}", ""]
     lines += [f"**Verdict:** {section.verdict.line()}", ""]

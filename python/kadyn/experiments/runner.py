@@ -50,6 +50,8 @@ class RunSpec:
     preset: str = "tiny"
     # Stop this many steps after the first knowledge-phase eval (the plateau end); None = never.
     stop_after_knowledge: Optional[int] = None
+    # Stop at the first evaluation at or after this step (the lr schedule still spans `steps`).
+    stop_at_step: Optional[int] = None
     # Attention patching: layers' patterns come from this checkpoint run on the same batch.
     # Checkpoint paths (here and an `init_checkpoint` override) are relative to OUT, so that a
     # moved OUT keeps its cache.
@@ -69,6 +71,8 @@ class RunSpec:
             "patch_layers": list(self.patch_layers),
             "snapshot_models": self.snapshot_models,
         }
+        if self.stop_at_step is not None:  # left out when unset: keys of runs without it stay put
+            payload["stop_at_step"] = self.stop_at_step
         digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.name}-{digest}"
 
@@ -197,6 +201,8 @@ def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> di
         if spec.stop_after_knowledge is not None and end is not None:
             if step >= end + spec.stop_after_knowledge:
                 raise _StopRun
+        if spec.stop_at_step is not None and step >= spec.stop_at_step:
+            raise _StopRun
 
     source = _attention_source(spec, out, config.device) if spec.patch_checkpoint else None
     t0 = time.perf_counter()
@@ -322,6 +328,7 @@ class Context:
         name: str,
         *,
         stop_after_knowledge: Optional[int] = None,
+        stop_at_step: Optional[int] = None,
         patch_checkpoint: Optional[str] = None,
         snapshot_models: bool = False,
         meta: Optional[dict[str, Any]] = None,
@@ -333,6 +340,7 @@ class Context:
             overrides={**self.base, **overrides},
             preset=self.preset,
             stop_after_knowledge=stop_after_knowledge,
+            stop_at_step=stop_at_step,
             patch_checkpoint=patch_checkpoint,
             snapshot_models=snapshot_models,
             meta=meta or {},

@@ -73,7 +73,10 @@ class FinetunePlan:
 @dataclass(frozen=True)
 class PatchingPlan:
     individuals: int
-    steps: int  # reference run and every twin
+    # lr schedule of the reference and of every twin; the reference stops `after_knowledge` steps
+    # after its plateau ends, the twins at the reference's last step.
+    steps: int
+    after_knowledge: int
     eval_every: int
     seed: int  # reference; twins use seed + 1
     # Reference checkpoints whose patterns are patched in: init (step 0), early (plateau start),
@@ -138,7 +141,7 @@ SMOKE = Scale(
     warmup=WarmupPlan((16,), 8, (0.0, 1.0), (4,), (2,), seed=0, evals_per_run=2),
     hallucination=HallucinationPlan(16, 8, 8, (0,), eval_every=4),
     finetune=FinetunePlan(16, 6, 8, 6, 1e-3, (0.0, 1.0), eval_every=3, pretrain_eval_every=6),
-    patching=PatchingPlan(16, 8, eval_every=2, seed=0, sources=("init", "early", "post")),
+    patching=PatchingPlan(16, 8, 4, eval_every=2, seed=0, sources=("init", "early", "post")),
     threads_per_run=1,
 )
 
@@ -159,15 +162,15 @@ CPU = Scale(
     plateau=PlateauPlan(
         (128, 256, 512, 768), (0, 1), max_steps=2000, eval_divisor=20, min_eval_every=10
     ),
-    alpha=AlphaPlan((0.0, 0.4, 0.6, 0.8, 1.0), (128, 512), (150, 300), (0,), evals_per_run=10),
-    warmup=WarmupPlan(
-        (128, 512), 300, (0.0, 0.6, 0.8), (32, 64), (32, 64), seed=0, evals_per_run=10
-    ),
+    # Budgets well past phase 1 (which a short cosine schedule slows down); 0.7 sits inside the
+    # paper's 0.6-0.8, with 0.4 and 1.0 as its neighbours.
+    alpha=AlphaPlan((0.0, 0.4, 0.7, 1.0), (128, 256), (300, 500), (0,), evals_per_run=12),
+    warmup=WarmupPlan((128, 256), 500, (0.0, 0.7), (32, 64), (50, 100), seed=0, evals_per_run=12),
     hallucination=HallucinationPlan(128, 128, 400, (0,), eval_every=10),
     finetune=FinetunePlan(
         128, 500, 64, 250, 3e-4, (0.0, 0.125, 0.5, 1.0), eval_every=10, pretrain_eval_every=50
     ),
-    patching=PatchingPlan(128, 250, eval_every=10, seed=0),
+    patching=PatchingPlan(128, 2000, 60, eval_every=10, seed=0),
     threads_per_run=1,
 )
 
@@ -206,7 +209,12 @@ GPU = Scale(
         pretrain_eval_every=500,
     ),
     patching=PatchingPlan(
-        16000, 6000, eval_every=100, seed=0, sources=("init", "early", "mid", "late", "post")
+        16000,
+        16000,
+        1000,
+        eval_every=100,
+        seed=0,
+        sources=("init", "early", "mid", "late", "post"),
     ),
 )
 
