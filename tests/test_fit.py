@@ -159,6 +159,10 @@ def test_plateau_verdict_on_a_fitted_synthetic_curve() -> None:
 def test_argmin_alpha_and_monotone_votes() -> None:
     assert fit.argmin_alpha({0.0: 5.0, 0.6: 2.0, 0.8: 2.0, 1.0: math.inf}) == 0.6
     assert fit.argmin_alpha({0.0: math.inf}) is None
+    # every alpha ties: the measurement cannot tell them apart
+    assert fit.argmin_alpha({0.0: 41.0, 0.4: 41.0, 0.7: 41.0}) is None
+    assert fit.argmin_alpha({0.0: 41.0, 0.4: 41.0, 0.7: math.inf}) == 0.0
+    assert fit.argmin_alpha({0.7: 12.0}) == 0.7
     assert fit.monotone_votes([0.2, 0.4, 0.4, 0.6], increasing=True) == (2, 0)
     assert fit.monotone_votes([0.6, 0.4, None, 0.8], increasing=True) == (1, 1)
     assert fit.monotone_votes([0.8, 0.6], increasing=False) == (1, 0)
@@ -178,6 +182,8 @@ def test_alpha_verdict() -> None:
     # one grid step outside the paper's range
     assert fit.alpha_verdict({1000: 0.4, 4000: 0.6}, good_loss).outcome == INCONCLUSIVE
     assert fit.alpha_verdict({1000: None}, good_loss).outcome == INCONCLUSIVE
+    # only one N tells the alphas apart: "whatever N" is not shown
+    assert fit.alpha_verdict({1000: None, 4000: 0.7}, good_loss).outcome == INCONCLUSIVE
 
 
 def test_warmup_verdict() -> None:

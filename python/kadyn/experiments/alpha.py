@@ -202,15 +202,16 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
         claim=CLAIM,
         verdict=verdict,
         rule=(
-            "reproduced if every N's plateau argmin is in [0.6, 0.8] and alpha_opt moves only "
-            "the predicted way (up with N, down with budget) at least once; not reproduced if an "
-            "argmin is outside [0.4, 1.0] or contrary moves outnumber agreeing ones; else "
-            "inconclusive."
+            "reproduced if the plateau argmin is in [0.6, 0.8] for every N (at least two N "
+            "whose plateaus differ between alphas) and alpha_opt moves only the predicted way "
+            "(up with N, down with budget) at least once; not reproduced if an argmin is outside "
+            "[0.4, 1.0] or contrary moves outnumber agreeing ones; else inconclusive."
         ),
         table=table,
         figure=figure,
         notes=[
-            "Alphas are compared on the grid; ties go to the smaller alpha.",
+            "Alphas are compared on the grid; ties go to the smaller alpha, and an N where every "
+            "alpha ties (plateaus within one eval interval) counts as no evidence.",
             "Loss and plateau use the eval templates of all N individuals, equally weighted.",
         ],
         runs=n_runs,

@@ -235,7 +235,14 @@ def plateau_verdict(fit: Optional[PowerLawFit]) -> Verdict:
             NOT_REPRODUCED,
             f"{numbers}: CI outside [{BETA_REFUTED_BELOW}, {BETA_REFUTED_ABOVE}]",
         )
-    return Verdict(INCONCLUSIVE, f"{numbers}: CI too wide or estimate outside the band")
+    if not BETA_BAND[0] <= fit.beta <= BETA_BAND[1]:
+        why = (
+            f"estimate outside [{BETA_BAND[0]}, {BETA_BAND[1]}] but CI not wholly outside "
+            f"[{BETA_REFUTED_BELOW}, {BETA_REFUTED_ABOVE}]"
+        )
+    else:
+        why = f"CI reaches below {BETA_REFUTED_BELOW}"
+    return Verdict(INCONCLUSIVE, f"{numbers}: {why}")
 
 
 # Finding 4: the plateau-minimising alpha is 0.6-0.8 whatever N; the loss-minimising alpha grows
@@ -243,12 +250,19 @@ def plateau_verdict(fit: Optional[PowerLawFit]) -> Verdict:
 # check; an argmin at 0.4 or 1.0 is one grid step away (inconclusive), below 0.4 contradicts.
 PAPER_PLATEAU_ALPHA = (0.6, 0.8)
 NEAR_PLATEAU_ALPHA = (0.4, 1.0)
+MIN_ALPHA_SIZES = 2  # "whatever N" needs the plateau argmin at two N at least
 
 
 def argmin_alpha(values: Mapping[float, float]) -> Optional[float]:
-    """The alpha with the smallest finite value (ties: the smallest alpha); None if none finite."""
+    """The alpha with the smallest finite value (ties: the smallest alpha).
+
+    None if no value is finite, or if every alpha ties (e.g. all plateaus one eval interval
+    long): the measurement then cannot tell the alphas apart, which is no evidence either way.
+    """
     finite = {a: v for a, v in values.items() if v is not None and math.isfinite(v)}
-    if not finite:
+    if not finite or (
+        len(values) > 1 and len(finite) == len(values) and len(set(finite.values())) == 1
+    ):
         return None
     best = min(finite.values())
     return min(a for a, v in finite.items() if v == best)
@@ -275,8 +289,10 @@ def alpha_verdict(
     """plateau_argmin: N -> alpha of the shortest plateau; loss_argmin: (N, steps) -> alpha_opt."""
     found = {n: a for n, a in plateau_argmin.items() if a is not None}
     if not found:
-        return Verdict(INCONCLUSIVE, "no run finished its plateau")
-    plateau_text = ", ".join(f"N={n}: {a:g}" for n, a in sorted(found.items()))
+        return Verdict(INCONCLUSIVE, "no N whose plateau tells the alphas apart")
+    plateau_text = ", ".join(
+        f"N={n}: {'tie' if a is None else f'{a:g}'}" for n, a in sorted(plateau_argmin.items())
+    )
     in_paper = all(PAPER_PLATEAU_ALPHA[0] <= a <= PAPER_PLATEAU_ALPHA[1] for a in found.values())
     near = all(NEAR_PLATEAU_ALPHA[0] <= a <= NEAR_PLATEAU_ALPHA[1] for a in found.values())
 
@@ -293,7 +309,7 @@ def alpha_verdict(
     text = f"plateau argmin {plateau_text} (paper 0.6-0.8); {trend}"
     if not near or violate > agree:
         return Verdict(NOT_REPRODUCED, text)
-    if in_paper and agree > 0 and violate == 0:
+    if in_paper and len(found) >= MIN_ALPHA_SIZES and agree > 0 and violate == 0:
         return Verdict(REPRODUCED, text)
     return Verdict(INCONCLUSIVE, text)
 

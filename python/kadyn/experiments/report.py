@@ -110,6 +110,14 @@ def write_report(
     ]
     if header.get("scales"):
         lines.append(f"Scale(s): {', '.join(sorted(header['scales']))}.")
+    walls = [s.study_wall_s for s in sections if s.study_wall_s is not None]
+    if walls:
+        lines.append(
+            f"Study wall times (each from the call that trained its runs) sum to "
+            f"{sum(walls) / 60:.1f} min: "
+            + ", ".join(f"{s.study} {s.study_wall_s / 60:.1f}" for s in sections if s.study_wall_s)
+            + "."
+        )
     if header.get("suite_wall_s") is not None:
         lines.append(
             f"Wall time of the last `kadyn-exp all`: {header['suite_wall_s'] / 60:.1f} min."
