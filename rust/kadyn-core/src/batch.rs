@@ -150,13 +150,18 @@ impl RowBuilder {
     }
 
     /// Fills one row (`ids`, `types` of length seq_len); returns the individuals in it.
-    fn fill_row(&self, k: u64, ids: &mut [i32], types: &mut [i8], inds: &mut Vec<u32>) {
-        let mut tokens = Vec::with_capacity(self.world.max_biography_tokens());
-        let mut attrs = Vec::with_capacity(self.world.max_biography_tokens());
+    fn fill_row(
+        &self,
+        k: u64,
+        ids: &mut [i32],
+        types: &mut [i8],
+        inds: &mut Vec<u32>,
+        (tokens, attrs): &mut (Vec<u32>, Vec<i8>),
+    ) {
         inds.clear();
         let mut at = 0usize;
         for j in 0.. {
-            let who = self.biography(k, j, &mut tokens, &mut attrs);
+            let who = self.biography(k, j, tokens, attrs);
             // In pack mode biographies after the first drop their <bos>: one <bos> per row.
             let skip = usize::from(j > 0);
             let len = tokens.len() - skip;
@@ -184,13 +189,18 @@ impl RowBuilder {
         let mut ids = vec![0i32; n * t];
         let mut types = vec![0i8; n * t];
         let mut inds: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let cap = self.world.max_biography_tokens();
         ids.par_chunks_mut(t)
             .zip(types.par_chunks_mut(t))
             .zip(inds.par_iter_mut())
             .zip(rows.par_iter())
-            .for_each(|(((row_ids, row_types), row_inds), &k)| {
-                self.fill_row(k, row_ids, row_types, row_inds);
-            });
+            // One scratch pair per rayon task, not two allocations per row (the profile's malloc).
+            .for_each_init(
+                || (Vec::with_capacity(cap), Vec::with_capacity(cap)),
+                |scratch, (((row_ids, row_types), row_inds), &k)| {
+                    self.fill_row(k, row_ids, row_types, row_inds, scratch);
+                },
+            );
         let individual: ArrayRef = match self.spec.packing {
             Packing::Pad => Arc::new(UInt32Array::from_iter_values(inds.iter().map(|v| v[0]))),
             Packing::Pack => {
