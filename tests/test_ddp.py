@@ -17,30 +17,10 @@ import torch.multiprocessing as mp
 from kadyn.config import make_config
 from kadyn.train import train
 
+from small_run import SMALL_RUN
+
 STEPS, BATCH = 3, 8
-SMALL = dict(
-    individuals=24,
-    heldout=8,
-    n_first_names=30,
-    n_last_names=30,
-    n_cities=20,
-    n_universities=10,
-    n_majors=10,
-    n_companies=10,
-    year_min=1990,
-    year_max=1999,
-    n_layers=1,
-    d_model=32,
-    n_heads=2,
-    d_mlp=64,
-    batch_size=BATCH,
-    seq_len=96,
-    steps=STEPS,
-    eval_every=STEPS,
-    threads=1,
-    progress=False,
-    device="cpu",
-)
+SMALL = {**SMALL_RUN, "steps": STEPS, "eval_every": STEPS, "device": "cpu"}
 
 
 def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:

@@ -32,28 +32,9 @@ from kadyn.model import GPT, ModelConfig
 from kadyn.plots import plot_curves
 from kadyn.train import lr_factor, main, param_groups, replay_rows, train
 
-# A world and model small enough for a few seconds per run (the biographies still need 92 tokens).
-SMALL = dict(
-    individuals=24,
-    heldout=8,
-    n_first_names=30,
-    n_last_names=30,
-    n_cities=20,
-    n_universities=10,
-    n_majors=10,
-    n_companies=10,
-    year_min=1990,
-    year_max=1999,
-    n_layers=1,
-    d_model=32,
-    n_heads=2,
-    d_mlp=64,
-    batch_size=8,
-    seq_len=96,
-    lr=3e-3,
-    threads=1,
-    progress=False,
-)
+from small_run import SMALL_RUN
+
+SMALL = {**SMALL_RUN, "lr": 3e-3}
 SMALL_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "progress"]
 SMALL_FLAGS.append("--no-progress")
 # Fields that measure time, not what was computed.

@@ -21,7 +21,7 @@ import numpy as np
 
 from kadyn.experiments import fit as fitting
 from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, run_counts, save_figure
+from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
 from kadyn.experiments.runner import Context, RunResult, RunSpec
 from kadyn.experiments.scales import Scale
 
@@ -167,8 +167,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     ax_l.set_ylabel("final eval attribute loss (all individuals)")
     ax_l.set_title("final loss vs alpha (★ = alpha_opt)")
     ax_l.legend(fontsize=7)
-    figure = f"{NAME}/{NAME}.png"
-    save_figure(fig, ctx.out / figure)
+    figure = save_study_figure(fig, ctx.out, NAME)
 
     def fmt_alpha(a: Optional[float]) -> str:
         return "—" if a is None else f"{a:g}"
@@ -195,11 +194,11 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
                 "—",
             )
         )
-    n_runs, finished, seconds = run_counts(results)
-    return Section(
-        study=NAME,
-        title=TITLE,
-        claim=CLAIM,
+    return study_section(
+        NAME,
+        TITLE,
+        CLAIM,
+        results,
         verdict=verdict,
         rule=(
             "reproduced if the plateau argmin is in [0.6, 0.8] for every N (at least two N "
@@ -214,7 +213,4 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
             "alpha ties (plateaus within one eval interval) counts as no evidence.",
             "Loss and plateau use the eval templates of all N individuals, equally weighted.",
         ],
-        runs=n_runs,
-        finished=finished,
-        train_s=seconds,
     )

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from kadyn.experiments import fit as fitting
 from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, run_counts, save_figure
+from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
 from kadyn.experiments.runner import Context, RunResult, RunSpec
 from kadyn.experiments.scales import Scale
 
@@ -149,8 +149,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
         ax.set_ylabel("eval accuracy")
         ax.set_title(f"{title} (early point dotted)")
         ax.legend(fontsize=7)
-    figure = f"{NAME}/{NAME}.png"
-    save_figure(fig, ctx.out / figure)
+    figure = save_study_figure(fig, ctx.out, NAME)
 
     table = []
     if pre is not None:
@@ -185,11 +184,11 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
                 "—",
             )
         )
-    n_runs, finished, seconds = run_counts([pre] + results)
-    return Section(
-        study=NAME,
-        title=TITLE,
-        claim=CLAIM,
+    return study_section(
+        NAME,
+        TITLE,
+        CLAIM,
+        [pre] + results,
         verdict=verdict,
         rule=(
             f"inconclusive if pre-training reached < {fitting.MIN_PRETRAINED_ACC:.0%} old "
@@ -208,7 +207,4 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
             f"Fine-tuning: {opts['new_individuals']} new individuals, constant lr {opts['lr']:g}, "
             f"{opts['steps']} steps; replay weight = old rows per new row in each batch.",
         ],
-        runs=n_runs,
-        finished=finished,
-        train_s=seconds,
     )

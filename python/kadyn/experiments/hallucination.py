@@ -16,7 +16,7 @@ import numpy as np
 
 from kadyn.experiments import fit as fitting
 from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, run_counts, save_figure
+from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
 from kadyn.experiments.runner import Context, RunResult, RunSpec
 from kadyn.experiments.scales import Scale
 
@@ -147,8 +147,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     ax_conf.set_ylabel("confidence (mean top-1 probability on values)")
     ax_conf.set_title("confidence (plateau start -- / end —)")
     ax_conf.legend(fontsize=7)
-    figure = f"{NAME}/{NAME}.png"
-    save_figure(fig, ctx.out / figure)
+    figure = save_study_figure(fig, ctx.out, NAME)
 
     table = []
     if s is not None:
@@ -168,11 +167,11 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
             ("held-out confidence at plateau start", f"{s.confidence_heldout_plateau:.3f}", "—"),
             ("knowledge emerges at step", str(s.knowledge_step), "—"),
         ]
-    n_runs, finished, seconds = run_counts(results)
-    return Section(
-        study=NAME,
-        title=TITLE,
-        claim=CLAIM,
+    return study_section(
+        NAME,
+        TITLE,
+        CLAIM,
+        results,
         verdict=verdict,
         rule=(
             f"reproduced if, after knowledge emerged, held-out loss exceeds both the baseline and "
@@ -188,7 +187,4 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
             "held-out population's values are not predicted that well even with no knowledge, "
             "hence the second comparison against the held-out loss at the plateau start.",
         ],
-        runs=n_runs,
-        finished=finished,
-        train_s=seconds,
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from kadyn.experiments import fit as fitting
 from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, run_counts, save_figure
+from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
 from kadyn.experiments.runner import Context, RunResult, RunSpec, snapshot_path
 from kadyn.experiments.scales import Scale
 
@@ -180,8 +180,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     ax_ref.set_xlabel("step")
     ax_ref.set_ylabel("eval attribute loss / baseline")
     ax_ref.set_title("reference run and the patched-in checkpoints")
-    figure = f"{NAME}/{NAME}.png"
-    save_figure(fig, ctx.out / figure)
+    figure = save_study_figure(fig, ctx.out, NAME)
 
     def fmt_step(v: Optional[float]) -> str:
         return "never" if v is None or math.isinf(v) else f"{v:.0f}"
@@ -211,11 +210,11 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
                     }.get(name, "helps more later"),
                 )
             )
-    n_runs, finished, seconds = run_counts([reference] + results)
-    return Section(
-        study=NAME,
-        title=TITLE,
-        claim=CLAIM,
+    return study_section(
+        NAME,
+        TITLE,
+        CLAIM,
+        [reference] + results,
         verdict=verdict,
         rule=(
             "reproduced if the twin with post-plateau patterns reaches knowledge (loss < 90% of "
@@ -229,7 +228,6 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
             "All layers are patched; twins use seed + 1 so they do not start as the reference.",
             "`early` is the reference's plateau start, the analogue of the paper's steps 500–1k.",
         ],
-        runs=n_runs + (len(opts["sources"]) + 1 if reference is None else 0),
-        finished=finished,
-        train_s=seconds,
+        # without the reference, the twins are not even planned yet: count them as missing
+        missing=len(opts["sources"]) + 1 if reference is None else 0,
     )

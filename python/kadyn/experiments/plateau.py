@@ -16,7 +16,7 @@ from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from kadyn.experiments import fit as fitting
 from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, run_counts, save_figure
+from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
 from kadyn.experiments.runner import Context, RunResult, RunSpec
 from kadyn.experiments.scales import Scale
 
@@ -155,8 +155,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     ax_curves.set_ylabel("eval attribute loss / no-knowledge baseline")
     ax_curves.set_title(f"curves (seed {opts['seeds'][0]}), stopped at knowledge")
     ax_curves.legend(fontsize=7)
-    figure = f"{NAME}/{NAME}.png"
-    save_figure(fig, ctx.out / figure)
+    figure = save_study_figure(fig, ctx.out, NAME)
 
     per_n = {n: float(np.mean([v for m, v in zip(ns, lengths) if m == n])) for n in sorted(set(ns))}
     table = []
@@ -192,11 +191,11 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
         )
     if zero:
         notes.append(f"{zero} run(s) had no measurable plateau (left out of the fit).")
-    n_runs, finished, seconds = run_counts(results)
-    return Section(
-        study=NAME,
-        title=TITLE,
-        claim=CLAIM,
+    return study_section(
+        NAME,
+        TITLE,
+        CLAIM,
+        results,
         verdict=verdict,
         rule=(
             f"reproduced if β ∈ [{fitting.BETA_BAND[0]}, {fitting.BETA_BAND[1]}] with its 95% "
@@ -207,7 +206,4 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
         table=table,
         figure=figure,
         notes=notes,
-        runs=n_runs,
-        finished=finished,
-        train_s=seconds,
     )

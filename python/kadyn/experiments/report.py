@@ -65,11 +65,15 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
     return fig
 
 
-def save_figure(fig: Figure, path: Path) -> None:
+def save_study_figure(fig: Figure, out: Path, study: str) -> str:
+    """Write the study's figure atomically to OUT/<study>/<study>.png; the path relative to OUT."""
+    relative = f"{study}/{study}.png"
+    path = Path(out) / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
+    return relative
 
 
 def render_section(section: Section) -> str:
@@ -140,8 +144,27 @@ def read_study_file(study_dir: Path) -> Optional[dict[str, Any]]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_counts(results: Sequence[Any]) -> tuple[int, int, float]:
-    """(runs, finished, summed training seconds) of a study's list of Optional[RunResult]."""
+def study_section(
+    study: str,
+    title: str,
+    claim: str,
+    results: Sequence[Any],
+    *,
+    missing: int = 0,
+    **fields: Any,
+) -> Section:
+    """A study's section, its run counts taken from its list of Optional[RunResult].
+
+    `missing` counts planned runs that are not in `results` yet (they depend on a run not done).
+    """
     done = [r for r in results if r is not None]
     seconds = sum(float(r.summary.get("run_wall_s", r.summary.get("wall_s", 0.0))) for r in done)
-    return len(results), len(done), seconds
+    return Section(
+        study=study,
+        title=title,
+        claim=claim,
+        runs=len(results) + missing,
+        finished=len(done),
+        train_s=seconds,
+        **fields,
+    )

@@ -20,7 +20,7 @@ import numpy as np
 from kadyn.experiments import alpha as alpha_study
 from kadyn.experiments import fit as fitting
 from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, run_counts, save_figure
+from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
 from kadyn.experiments.runner import Context, RunResult, RunSpec
 from kadyn.experiments.scales import Scale
 
@@ -186,8 +186,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     ax_curve.set_xlabel("step")
     ax_curve.set_ylabel("eval accuracy (all individuals)")
     ax_curve.legend(fontsize=7)
-    figure = f"{NAME}/{NAME}.png"
-    save_figure(fig, ctx.out / figure)
+    figure = save_study_figure(fig, ctx.out, NAME)
 
     table = []
     for row in rows:
@@ -206,11 +205,11 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
         table.append(
             (f"N={row.n}: warm-up gain over uniform", f"{row.best_warmup - row.uniform:+.3f}", "—")
         )
-    n_runs, finished, seconds = run_counts(a_results + c_results)
-    return Section(
-        study=NAME,
-        title=TITLE,
-        claim=CLAIM,
+    return study_section(
+        NAME,
+        TITLE,
+        CLAIM,
+        a_results + c_results,
         verdict=verdict,
         rule=(
             f"reproduced if, at the largest N, the best warm-up beats uniform by at least "
@@ -225,7 +224,4 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
             "with (as in the paper's sweep), which favours them slightly.",
             "Uniform and fixed-alpha runs are shared with the alpha study (OUT/alpha/).",
         ],
-        runs=n_runs,
-        finished=finished,
-        train_s=seconds,
     )
