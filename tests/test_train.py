@@ -30,7 +30,7 @@ from kadyn.config import (
 )
 from kadyn.model import GPT, ModelConfig
 from kadyn.plots import plot_curves
-from kadyn.train import lr_factor, main, param_groups, replay_rows, train
+from kadyn.train import lr_factor, main, param_groups, replay_rows, summary_line, train
 
 from small_run import SMALL_RUN
 
@@ -363,3 +363,12 @@ def test_resume_without_or_with_a_corrupt_checkpoint(tmp_path, capsys) -> None:
     assert main([*SMALL_FLAGS, "--out", str(out), "--resume"]) == 2
     assert "--resume: corrupt checkpoint" in capsys.readouterr().err
     assert os.listdir(out) == ["checkpoint.pt"]
+
+
+def test_summary_line_names_the_plateau() -> None:
+    final = {"attr_loss_eval": 1.0, "baseline": 4.0, "attr_acc_eval": 0.5, "heldout_attr_loss": 8.0}
+    base = {"final": final, "wall_s": 12.0}
+    line = summary_line({**base, "plateau_start": 300, "plateau_end": 550})
+    assert "plateau steps 300-550" in line and "(0.25x)" in line and "(2.00x)" in line
+    assert "not left" in summary_line({**base, "plateau_start": 300, "plateau_end": None})
+    assert "no plateau" in summary_line({**base, "plateau_start": None, "plateau_end": None})

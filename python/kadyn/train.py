@@ -429,8 +429,15 @@ def summary_line(summary: dict[str, Any]) -> str:
     held_text = (
         "" if held is None else f" | held-out loss {held:.3f} ({held / final['baseline']:.2f}x)"
     )
+    start, end = summary["plateau_start"], summary["plateau_end"]
+    if start is None:
+        plateau = "no plateau reached"
+    elif end is None:
+        plateau = f"plateau from step {start}, not left"
+    else:
+        plateau = f"plateau steps {start}-{end}"
     return (
-        f"done: plateau start {summary['plateau_start']} end {summary['plateau_end']} | "
+        f"done: {plateau} | "
         f"final eval attr loss {final['attr_loss_eval']:.3f} vs baseline {final['baseline']:.3f} "
         f"({ratio:.2f}x) | eval acc {final['attr_acc_eval']:.3f}{held_text} | "
         f"wall {summary['wall_s']:.0f}s"
