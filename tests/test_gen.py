@@ -44,10 +44,16 @@ def test_same_command_twice_gives_identical_files(tmp_path: Path) -> None:
     assert files(a) == fa
 
 
+# Rows of the runs the tests interrupt: one thread writes ~80k rows/s on an idle machine, so 200k
+# rows (400 shards) leave seconds between the first shard and the end for the signal to land.
+INTERRUPTED_SAMPLES = 200_000
+
+
 def test_kill_9_then_rerun_is_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
     # Many small shards on one thread, so the kill lands mid-way; --threads never changes bytes.
     argv = (
-        "--individuals 200 --samples 20000 --seq-len 110 --shard-rows 500 --batch-rows 125 --quiet"
+        f"--individuals 200 --samples {INTERRUPTED_SAMPLES} --seq-len 110 --shard-rows 500 "
+        "--batch-rows 125 --quiet"
     ).split()
     full, cut = tmp_path / "full", tmp_path / "cut"
     slow = [*argv, "--threads", "1", "--out", str(cut)]
@@ -60,7 +66,7 @@ def test_kill_9_then_rerun_is_identical_to_an_uninterrupted_run(tmp_path: Path) 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (cut / "manifest.json").exists(), "killed too late to test a resume"
-    assert not (cut / f"shard-{20000 // 500 - 1:05d}.parquet").exists()
+    assert not (cut / f"shard-{INTERRUPTED_SAMPLES // 500 - 1:05d}.parquet").exists()
     assert gen([*argv, "--out", str(cut)]) == 0
     assert gen([*argv, "--out", str(full)]) == 0
     assert files(cut) == files(full)
@@ -69,8 +75,8 @@ def test_kill_9_then_rerun_is_identical_to_an_uninterrupted_run(tmp_path: Path) 
 def test_ctrl_c_stops_between_row_groups_and_says_how_to_resume(tmp_path: Path) -> None:
     out = tmp_path / "d"
     argv = (
-        "--individuals 200 --samples 20000 --seq-len 110 --shard-rows 500 --batch-rows 125 "
-        f"--threads 1 --quiet --out {out}"
+        f"--individuals 200 --samples {INTERRUPTED_SAMPLES} --seq-len 110 --shard-rows 500 "
+        f"--batch-rows 125 --threads 1 --quiet --out {out}"
     ).split()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kadyn.gen", *argv], stderr=subprocess.PIPE, text=True
