@@ -78,8 +78,13 @@ def test_ctrl_c_stops_between_row_groups_and_says_how_to_resume(tmp_path: Path) 
         f"--individuals 200 --samples {INTERRUPTED_SAMPLES} --seq-len 110 --shard-rows 500 "
         f"--batch-rows 125 --threads 1 --quiet --out {out}"
     ).split()
+    # A shell starts background jobs with SIGINT ignored, and Python then leaves it ignored: give
+    # the child the default disposition, as a terminal's foreground job has.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kadyn.gen", *argv], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "kadyn.gen", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not (out / "shard-00000.parquet").exists():
