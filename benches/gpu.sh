@@ -35,25 +35,15 @@ if ! "$PY" -c 'import kadyn' 2>/dev/null; then
     set -e
 fi
 
-# Imports kadyn.kernels, falling back to a bare `kadyn` package when kadyn/__init__ cannot load
-# (native extension not built): the kernels and their tests need only torch and triton.
-KERNELS_IMPORT='
-import pathlib, sys, types
-try:
-    import kadyn.kernels
-except ImportError as exc:
-    print(f"note: import kadyn failed ({exc}); loading kadyn.kernels without kadyn/__init__")
-    for name in [m for m in sys.modules if m == "kadyn" or m.startswith("kadyn.")]:
-        del sys.modules[name]
-    package = types.ModuleType("kadyn")
-    package.__path__ = [str(pathlib.Path("python/kadyn").resolve())]
-    sys.modules["kadyn"] = package
-    import kadyn.kernels
-'
-
 section "GPU kernel tests"
-# In-process pytest so the import fallback above applies to the test modules too.
-if ! timeout 90 "$PY" -c "$KERNELS_IMPORT
+# In-process pytest, after benches/kernels.py's import_kernels(): when kadyn/__init__ cannot load
+# (native extension not built), the kernels are loaded under a bare `kadyn` package, and the test
+# modules then import them from there (they need only torch and triton).
+if ! timeout 90 "$PY" -c "
+import pathlib, sys
+sys.path.insert(0, 'benches')
+from kernels import import_kernels
+import_kernels()
 import pytest
 sys.exit(pytest.main(['-m', 'gpu', '-q', '-p', 'no:cacheprovider',
                       *sorted(map(str, pathlib.Path('tests').glob('test_kernel_*.py')))]))"; then

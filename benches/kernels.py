@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _import_kernels() -> types.ModuleType:
+def import_kernels() -> types.ModuleType:
     """kadyn.kernels, even where kadyn/__init__ cannot load because the native module is unbuilt."""
     try:
         import kadyn.kernels as kernels
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("benches/kernels.py needs a CUDA GPU: torch.cuda.is_available() is False.")
         return 2
-    kernels = _import_kernels()
+    kernels = import_kernels()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows = bench_attention(kernels, args.quick) + bench_attribute_loss(kernels, args.quick)
     print_table(rows)
