@@ -12,6 +12,7 @@ leaves an explicit TRITON_INTERPRET=0 or 1 from the caller alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,3 +29,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def exact_fp32() -> Iterator[None]:
+    """On CUDA, fp32 matmuls in full fp32 while a kernel is compared with torch: TF32 would blur
+    both sides."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old

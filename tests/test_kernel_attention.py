@@ -25,6 +25,7 @@ needs_kernel = pytest.mark.skipif(
 )
 
 FWD_TOL, BWD_TOL = 2e-4, 2e-3  # fp32, max abs
+pytestmark = pytest.mark.usefixtures("exact_fp32")  # see conftest.py
 
 
 def _inputs(
@@ -56,15 +57,6 @@ def _check_fp32(shape: tuple[int, int, int, int], causal: bool) -> None:
     assert _max_err(out, ref) <= FWD_TOL
     for name, g, rg in zip("qkv", grads, ref_grads):
         assert _max_err(g, rg) <= BWD_TOL, f"d{name}"
-
-
-@pytest.fixture(autouse=True)
-def _exact_fp32_on_gpu():
-    # On CUDA the fp32 tests compare against torch in full fp32; TF32 would blur both sides.
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @pytest.mark.interpreter

@@ -23,6 +23,7 @@ needs_kernel = pytest.mark.skipif(
     reason="no CUDA and Triton is not in interpreter mode (TRITON_INTERPRET=0)",
 )
 TOL = 1e-4  # fp32: loss, per-token CE and gradients, max abs
+pytestmark = pytest.mark.usefixtures("exact_fp32")  # see conftest.py
 
 
 def _inputs(
@@ -69,14 +70,6 @@ def _check(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) ->
     assert gh.dtype == hidden.dtype and gw.dtype == weight.dtype
     assert _max_err(gh, r_gh) <= TOL
     assert _max_err(gw, r_gw) <= TOL
-
-
-@pytest.fixture(autouse=True)
-def _exact_fp32_on_gpu():
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @pytest.mark.interpreter
