@@ -344,7 +344,7 @@ def warmup_verdict(rows: Sequence[WarmupRow]) -> Verdict:
         return Verdict(INCONCLUSIVE, "nothing learned at the largest N; " + text)
     if gain_large <= 0:
         return Verdict(NOT_REPRODUCED, text)
-    grows = len(rows) < 2 or gain_large >= gain_small
+    grows = gain_large >= gain_small
     if gain_large >= MIN_WARMUP_GAIN and vs_alpha > 0 and grows and len(rows) >= 2:
         return Verdict(REPRODUCED, text)
     return Verdict(INCONCLUSIVE, text)

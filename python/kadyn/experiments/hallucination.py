@@ -105,31 +105,19 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     fig = new_figure(ncols=2)
     ax_loss, ax_conf = fig.subplots(1, 2)
     for i, result in enumerate(r for r in results if r is not None):
-        alpha = 1.0 if i == 0 else 0.35
-        ax_loss.plot(
-            *result.series("attr_loss_eval"),
-            color="C0",
-            alpha=alpha,
-            label="trained individuals" if i == 0 else None,
-        )
-        ax_loss.plot(
-            *result.series("heldout_attr_loss"),
-            color="C3",
-            alpha=alpha,
-            label="held-out individuals" if i == 0 else None,
-        )
-        ax_conf.plot(
-            *result.series("attr_confidence_eval"),
-            color="C0",
-            alpha=alpha,
-            label="trained individuals" if i == 0 else None,
-        )
-        ax_conf.plot(
-            *result.series("heldout_confidence"),
-            color="C3",
-            alpha=alpha,
-            label="held-out individuals" if i == 0 else None,
-        )
+        # The first seed in full colour and labelled; the others faint.
+        for ax, key, color, label in (
+            (ax_loss, "attr_loss_eval", "C0", "trained individuals"),
+            (ax_loss, "heldout_attr_loss", "C3", "held-out individuals"),
+            (ax_conf, "attr_confidence_eval", "C0", "trained individuals"),
+            (ax_conf, "heldout_confidence", "C3", "held-out individuals"),
+        ):
+            ax.plot(
+                *result.series(key),
+                color=color,
+                alpha=1.0 if i == 0 else 0.35,
+                label=label if i == 0 else None,
+            )
     if first is not None:
         ax_loss.axhline(
             first.summary["baseline"], color="0.3", ls=":", label="no-knowledge baseline"
