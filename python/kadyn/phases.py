@@ -1,63 +1,225 @@
 """Phase detection on an attribute-loss curve: statistics (1), plateau (2), knowledge (3).
 
 The paper (Zucchet et al. 2025, Fig. 1) describes three phases of the attribute loss: a fast drop
-to the no-knowledge baseline, a plateau at the baseline, then a descent below it as knowledge
-emerges. kadyn measures them on the evaluation curve with a fixed band of +-`tolerance` around the
-baseline (10% by default):
+to the no-knowledge level F (the model has learnt the value statistics), a plateau *at* F with
+accuracy near 0, then a descent below F as knowledge of individuals emerges. The paper does not
+spell out how it measures them; this module's rule is the following.
 
-- the plateau starts at the first eval whose loss is within the band
-  (|loss - baseline| <= tolerance * baseline); everything before it is phase 1;
-- the plateau ends at the first later eval whose loss is below (1 - tolerance) * baseline: that
-  eval and every later one are phase 3 (knowledge); evals in between are phase 2, including noisy
-  ones that briefly leave the band upwards (a blip does not restart the plateau);
-- if the loss jumps from above the band to below it between two evals, the plateau was shorter than
-  the eval spacing: start = end = that eval;
-- a curve still above the band has no plateau yet (start None), one still inside has no end yet.
+Inputs, one value per evaluation: ``steps`` (strictly increasing), ``losses``, optionally
+``accuracies``; ``level`` is F, a float or one value per eval (e.g. the curve of a control run that
+cannot know individuals, evaluated at the same steps: the "twin"). The band around the level
+has half-width ``band * level`` (relative), or ``half_width`` nats when given (a float or one
+value per eval, e.g. the twin's seed-to-seed spread); ``half_width`` replaces ``band``. An eval
+is *in band* if ``|loss - level| <= half-width``, *above* if ``loss > level + half-width``,
+*below* if ``loss < level - half-width``.
 
-The rule is causal: the phase of an eval depends only on the evals up to it, so running the
-detector during training gives the same answer as running it afterwards.
+1. Knowledge onset T_k is the first eval that is below the band, or in band with
+   ``accuracy >= max_acc`` (accuracy is only used when given). Accuracy on an eval above the band
+   triggers nothing. T_k is interpolated linearly between the previous eval and the onset eval:
+   at the lower band edge for the loss trigger (where ``loss - (level - half-width)`` crosses 0),
+   at ``accuracy = max_acc`` for the accuracy trigger (but never before the loss crossed the upper
+   band edge, if the previous eval was above the band). An onset at the first eval is its step.
+   T_k is final: the onset eval and every later one are KNOWLEDGE, even if the loss comes back
+   into the band. T_k is reported with or without a plateau.
+2. Before onset, a *candidate plateau* is a run of consecutive in-band evals (each with
+   accuracy < max_acc, which holds for every in-band eval before onset). It becomes *the plateau*
+   (is confirmed) once it holds ``min_evals`` evals. An eval above the band ends the run, confirmed
+   or not: the paper's plateau is flat, every eval inside it is in band. The next in-band run has
+   to be confirmed again.
+3. ``plateau_start`` is where the loss crossed the upper band edge on entering the confirmed run,
+   interpolated between the last eval above the band and the run's first eval (the run's first
+   step if it starts at the curve's first eval). If a confirmed plateau is in progress at onset,
+   ``plateau_end = knowledge_onset``. If not, there is no plateau (start = end = None): a curve
+   that drops through the band without ``min_evals`` consecutive in-band evals gets none.
+4. Labels: evals before the plateau's first eval (before onset if there is no plateau) are
+   STATISTICS, the confirmed plateau's evals PLATEAU, the onset eval and later ones KNOWLEDGE.
+   Evals of a run that is not confirmed yet are STATISTICS.
+
+Causality: the result for evals 0..i depends only on those evals, so the trainer can call the
+detector after every eval. Values already reported change only in these ways: the labels of the
+current unconfirmed run switch from STATISTICS to PLATEAU when it is confirmed; and before onset,
+an eval above the band withdraws a confirmed plateau (``plateau_start`` back to None, its labels
+back to STATISTICS) until a later run is confirmed. ``knowledge_onset`` and ``plateau_end``, once
+reported, never change, nor does ``plateau_start`` once onset is reported or while the loss stays
+at or below the upper band edge.
+
+Detector lag: onset is marked when the loss is ``band * level`` (or ``half_width``) below F, so
+T_k lags the true departure from F by the time the loss takes to fall that far; interpolation
+removes the part due to eval spacing, not this one. A plateau is likewise entered at the upper band
+edge, before the loss reaches F. Both shift with the band, so report the plateau at several bands
+(`band_sensitivity`) or against a twin with ``half_width`` set to its noise.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 STATISTICS, PLATEAU, KNOWLEDGE = 1, 2, 3
+
+Numbers = Union[float, Sequence[float]]
 
 
 @dataclass
 class Phases:
-    phase: list[int]  # one of 1, 2, 3 per eval
-    plateau_start: Optional[int]  # step of the first in-band eval
-    plateau_end: Optional[int]  # step of the first eval of the knowledge phase
+    phase: list[int]  # STATISTICS, PLATEAU or KNOWLEDGE, one per eval
+    plateau_start: Optional[float]  # interpolated step where the loss entered the band
+    plateau_end: Optional[float]  # = knowledge_onset when a plateau exists
+    knowledge_onset: Optional[float]  # T_k, with or without a plateau
+    band: float  # relative band used (ignored by the rule when half_width was given)
+    max_deviation: Optional[float] = None  # max |loss - level| / level over the plateau's evals
+    max_accuracy: Optional[float] = None  # max accuracy over the plateau's evals (if given)
 
     @property
-    def plateau_length(self) -> Optional[int]:
+    def plateau_length(self) -> Optional[float]:
         if self.plateau_start is None or self.plateau_end is None:
             return None
         return self.plateau_end - self.plateau_start
 
+    @property
+    def plateau_evals(self) -> int:
+        return sum(p == PLATEAU for p in self.phase)
+
+
+def _per_eval(name: str, value: Numbers, n: int) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    values = [float(v) for v in value]
+    if len(values) != n:
+        raise ValueError(
+            f"{name} must be a number or have one value per eval ({n}), got {len(values)}"
+        )
+    return values
+
+
+def _crossing(s0: float, s1: float, d0: float, d1: float) -> float:
+    """Step where a quantity linear between (s0, d0) and (s1, d1) crosses 0, clamped to [s0, s1]."""
+    if d0 == d1:  # no crossing inside: the quantity was already past 0 at s0, or reaches it at s1
+        return s0 if d0 <= 0 else s1
+    t = min(max(d0 / (d0 - d1), 0.0), 1.0)
+    return s0 + t * (s1 - s0)
+
 
 def detect_phases(
-    steps: Sequence[int], losses: Sequence[float], baseline: float, tolerance: float = 0.1
+    steps: Sequence[float],
+    losses: Sequence[float],
+    level: Numbers,
+    accuracies: Optional[Sequence[float]] = None,
+    *,
+    band: float = 0.05,
+    half_width: Optional[Numbers] = None,
+    min_evals: int = 3,
+    max_acc: float = 0.05,
 ) -> Phases:
-    if len(steps) != len(losses):
+    """Phases of an attribute-loss curve; the rule is in the module docstring."""
+    n = len(steps)
+    if len(losses) != n:
+        raise ValueError(f"steps and losses must have the same length, got {n}, {len(losses)}")
+    if accuracies is not None and len(accuracies) != n:
+        raise ValueError(f"accuracies must have one value per eval ({n}), got {len(accuracies)}")
+    if not 0 < band < 1:
+        raise ValueError(f"band must be in (0, 1), got {band}")
+    if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 1:
+        raise ValueError(f"min_evals must be an integer >= 1, got {min_evals!r}")
+    if not 0 < max_acc <= 1:
+        raise ValueError(f"max_acc must be in (0, 1], got {max_acc}")
+    lvl = _per_eval("level", level, n)
+    if not all(v > 0 and math.isfinite(v) for v in lvl):
+        raise ValueError(f"level must be finite and > 0 (each value), got {level}")
+    if half_width is None:
+        hw = [band * v for v in lvl]
+    else:
+        hw = _per_eval("half_width", half_width, n)
+        if not all(h > 0 and math.isfinite(h) for h in hw):
+            raise ValueError(f"half_width must be finite and > 0 (each value), got {half_width}")
+    if not all(math.isfinite(x) for x in losses):
+        raise ValueError("losses must be finite")
+    if accuracies is not None and not all(0 <= a <= 1 for a in accuracies):
+        raise ValueError("accuracies must be in [0, 1]")
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError("steps must be strictly increasing")
+
+    upper = [v + h for v, h in zip(lvl, hw)]
+    lower = [v - h for v, h in zip(lvl, hw)]
+    run_first: Optional[int] = None  # first eval of the current in-band run
+    plateau_first: Optional[int] = None  # first eval of the confirmed plateau in progress
+    onset_index: Optional[int] = None
+    onset: Optional[float] = None
+    for i in range(n):
+        loss = losses[i]
+        acc = accuracies[i] if accuracies is not None else None
+        if loss < lower[i]:  # below the band: loss trigger
+            onset_index = i
+            if i > 0:
+                onset = _crossing(
+                    steps[i - 1], steps[i], losses[i - 1] - lower[i - 1], loss - lower[i]
+                )
+            break
+        if loss > upper[i]:  # above the band: ends any run, confirmed or not
+            run_first = plateau_first = None
+            continue
+        if acc is not None and acc >= max_acc:  # in band, accuracy trigger
+            onset_index = i
+            if i > 0:
+                assert accuracies is not None
+                onset = _crossing(
+                    steps[i - 1], steps[i], max_acc - accuracies[i - 1], max_acc - acc
+                )
+                if losses[i - 1] > upper[i - 1]:  # not before the loss entered the band
+                    entered = _crossing(
+                        steps[i - 1], steps[i], losses[i - 1] - upper[i - 1], loss - upper[i]
+                    )
+                    onset = max(onset, entered)
+            break
+        if run_first is None:
+            run_first = i
+        if plateau_first is None and i - run_first + 1 >= min_evals:
+            plateau_first = run_first
+    if onset_index is not None and onset is None:
+        onset = float(steps[onset_index])
+
+    stop = n if onset_index is None else onset_index
+    plateau_start: Optional[float] = None
+    max_deviation: Optional[float] = None
+    max_accuracy: Optional[float] = None
+    if plateau_first is None:
+        phase = [STATISTICS] * stop
+    else:
+        a = plateau_first
+        if a == 0:
+            plateau_start = float(steps[0])
+        else:
+            plateau_start = _crossing(
+                steps[a - 1], steps[a], losses[a - 1] - upper[a - 1], losses[a] - upper[a]
+            )
+        phase = [STATISTICS] * a + [PLATEAU] * (stop - a)
+        max_deviation = max(abs(losses[j] - lvl[j]) / lvl[j] for j in range(a, stop))
+        if accuracies is not None:
+            max_accuracy = max(accuracies[a:stop])
+    phase += [KNOWLEDGE] * (n - stop)
+    return Phases(
+        phase=phase,
+        plateau_start=plateau_start,
+        plateau_end=onset if plateau_start is not None else None,
+        knowledge_onset=onset,
+        band=band,
+        max_deviation=max_deviation,
+        max_accuracy=max_accuracy,
+    )
+
+
+def band_sensitivity(
+    steps: Sequence[float],
+    losses: Sequence[float],
+    level: Numbers,
+    accuracies: Optional[Sequence[float]] = None,
+    bands: Sequence[float] = (0.05, 0.10, 0.20),
+    **kw,
+) -> dict[float, Phases]:
+    """`detect_phases` at each relative band in `bands` (other keywords passed on)."""
+    if kw.get("half_width") is not None:
         raise ValueError(
-            f"steps and losses must have the same length, got {len(steps)}, {len(losses)}"
+            "half_width replaces band; band_sensitivity varies band, so pass no half_width"
         )
-    if not baseline > 0:
-        raise ValueError(f"baseline must be > 0, got {baseline}")
-    if not 0 < tolerance < 1:
-        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
-    upper, lower = (1 + tolerance) * baseline, (1 - tolerance) * baseline
-    phase: list[int] = []
-    start: Optional[int] = None
-    end: Optional[int] = None
-    for step, loss in zip(steps, losses):
-        if start is None and loss <= upper:
-            start = step
-        if start is not None and end is None and loss < lower:
-            end = step
-        phase.append(STATISTICS if start is None else PLATEAU if end is None else KNOWLEDGE)
-    return Phases(phase, start, end)
+    return {b: detect_phases(steps, losses, level, accuracies, band=b, **kw) for b in bands}
