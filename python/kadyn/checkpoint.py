@@ -3,19 +3,17 @@
 A checkpoint is a dict of tensors and plain containers (model, optimizer and scheduler state, the
 sample streams' positions, RNG states, step, config as a dict), so that it loads with
 `torch.load(weights_only=True)`: no pickled code runs when a checkpoint is opened. It is written
-to a temporary file in the same directory and moved into place with os.replace, so a run killed
-while saving leaves the previous checkpoint intact.
+atomically (`kadyn.fileio`), so a run killed while saving leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
+from kadyn.fileio import atomic_write
 from kadyn.model import GPT, ModelConfig
 
 LAST = "checkpoint.pt"
@@ -32,18 +30,7 @@ def checkpoint_path(run_dir: Union[str, Path], step: int | None = None) -> Path:
 
 
 def save_checkpoint(state: dict[str, Any], path: Union[str, Path]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[str, Any]:

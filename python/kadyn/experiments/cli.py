@@ -33,6 +33,7 @@ from kadyn.experiments import (
 )
 from kadyn.experiments.runner import Context, RunFailed, cpu_count
 from kadyn.experiments.scales import SCALES, get_scale
+from kadyn.fileio import atomic_write_text
 
 PROG = "kadyn-exp"
 # Run order of `all`: warmup after alpha, whose runs it reuses.
@@ -104,10 +105,7 @@ def _context(out: Path, scale_name: str, args: argparse.Namespace) -> Context:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def run_study(module: ModuleType, args: argparse.Namespace, out: Path) -> list[str]:

@@ -8,7 +8,6 @@ Figures use matplotlib's object API on the Agg canvas (no pyplot state, no displ
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kadyn.experiments.fit import Verdict
+from kadyn.fileio import atomic_write, atomic_write_text
 
 REPORT = "report.md"
 STUDY_FILE = "study.json"
@@ -42,11 +42,7 @@ class Section:
 
 def save_section(section: Section, study_dir: Path) -> None:
     """Keep the analysed section beside the study, so other studies' commands can reuse it."""
-    path = Path(study_dir) / SECTION_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(section), indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(Path(study_dir) / SECTION_FILE, json.dumps(asdict(section), indent=1))
 
 
 def load_section(study_dir: Path) -> Optional[Section]:
@@ -68,11 +64,7 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
 def save_study_figure(fig: Figure, out: Path, study: str) -> str:
     """Write the study's figure atomically to OUT/<study>/<study>.png; the path relative to OUT."""
     relative = f"{study}/{study}.png"
-    path = Path(out) / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic_write(Path(out) / relative, lambda f: fig.savefig(f, format="png", dpi=110))
     return relative
 
 
@@ -132,10 +124,7 @@ def write_report(
     lines += summary + [""]
     lines += [render_section(s) for s in sections]
     path = Path(out) / REPORT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 
