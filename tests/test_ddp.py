@@ -40,7 +40,7 @@ def _worker(rank: int, world_size: int, port: int, tmp: str) -> None:
         seen["params"].append(torch.cat([p.detach().flatten() for p in model.parameters()]))
 
     def on_eval(step: int, record: dict, model: torch.nn.Module) -> None:
-        seen["records"].append({k: v for k, v in record.items() if k != "elapsed_s"})
+        seen["records"].append({k: v for k, v in record.items() if k != "time/elapsed_s"})
 
     train(make_config("tiny", out=f"{tmp}/run", **SMALL), on_step=on_step, on_eval=on_eval)
     torch.save(seen, f"{tmp}/rank{rank}.pt")
@@ -63,7 +63,7 @@ def test_two_gloo_ranks(tmp_path: Path) -> None:
         assert a | b == set(range(step * BATCH, (step + 1) * BATCH))
         assert torch.equal(ranks[0]["params"][step], ranks[1]["params"][step])
     assert not torch.equal(ranks[0]["params"][0], ranks[0]["params"][-1])  # it did train
-    timing = {"tokens_per_s", "mfu"}
+    timing = {"perf/tokens_per_s", "perf/mfu"}
     strip = [[{k: v for k, v in r.items() if k not in timing} for r in x["records"]] for x in ranks]
     assert strip[0] == strip[1]
     assert [r["step"] for r in strip[0]] == [0, STEPS]
@@ -80,5 +80,5 @@ def test_two_gloo_ranks(tmp_path: Path) -> None:
         make_config("tiny", out=str(tmp_path / "single"), **{**SMALL, "steps": 1, "eval_every": 1}),
         on_eval=lambda step, record, model: single.append(record),
     )
-    for key in ("attr_loss", "attr_loss_eval", "attr_acc_eval", "heldout_attr_loss"):
+    for key in ("train/attr_loss", "eval/attr_loss", "eval/attr_acc", "heldout/attr_loss"):
         assert abs(single[0][key] - strip[0][0][key]) < 1e-5, key

@@ -1,4 +1,5 @@
-"""The trainer (kadyn.train, kadyn.config, kadyn.checkpoint, kadyn.plots) on tiny worlds.
+"""The trainer (kadyn.train, kadyn.evaluation, kadyn.batches, kadyn.config, kadyn.checkpoint,
+kadyn.plots) on tiny worlds.
 
 End-to-end runs use a 24-individual world and a one-layer model so that each takes seconds; the
 resume test kills a real `kadyn-train` process with SIGKILL and compares its metrics, after
@@ -7,6 +8,7 @@ resuming, with an uninterrupted run's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,8 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from kadyn.batches import replay_rows
 from kadyn.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from kadyn.config import (
+    RESUMABLE_FIELDS,
     TrainConfig,
     load_config_file,
     load_preset,
@@ -28,9 +32,18 @@ from kadyn.config import (
     read_toml,
     to_toml,
 )
+from kadyn.evaluation import METRICS_SCHEMA, make_record
 from kadyn.model import GPT, ModelConfig
 from kadyn.plots import plot_curves
-from kadyn.train import lr_factor, main, param_groups, replay_rows, summary_line, train
+from kadyn.train import (
+    TrainState,
+    check_resumable,
+    lr_factor,
+    main,
+    param_groups,
+    summary_line,
+    train,
+)
 
 from small_run import SMALL_RUN
 
@@ -38,7 +51,8 @@ SMALL = {**SMALL_RUN, "lr": 3e-3}
 SMALL_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "progress"]
 SMALL_FLAGS.append("--no-progress")
 # Fields that measure time, not what was computed.
-TIMING = {"tokens_per_s", "mfu", "elapsed_s"}
+TIMING = {"perf/tokens_per_s", "perf/mfu", "time/elapsed_s"}
+ATTRIBUTES = ("birth_date", "birth_place", "university", "major", "company", "current_location")
 
 
 def small_config(out: Path, **overrides) -> TrainConfig:
@@ -202,13 +216,13 @@ def test_plot_curves(tmp_path) -> None:
     records = [
         {
             "step": s,
-            "baseline": 4.0,
-            "attr_loss": loss,
-            "attr_loss_eval": loss,
-            "heldout_attr_loss": loss,
-            "attr_acc": 0.0,
-            "attr_acc_eval": 0.0,
-            "heldout_attr_acc": None,
+            "no_knowledge/level": 4.0,
+            "train/attr_loss": loss,
+            "eval/attr_loss": loss,
+            "heldout/attr_loss": loss,
+            "train/attr_acc": 0.0,
+            "eval/attr_acc": 0.0,
+            "heldout/attr_acc": None,
         }
         for s, loss in [(0, 9.0), (10, 4.1), (20, 4.0), (30, 2.0)]
     ]
@@ -234,35 +248,51 @@ def test_run_writes_outputs_and_finetune_starts_from_it(tmp_path) -> None:
     assert (out / "curves.png").exists()
     records = read_records(out)
     assert [r["step"] for r in records] == [0, 3, 6]
-    required = {
+    metrics = ("attr_loss", "attr_acc", "confidence")
+    expected = [
+        "schema",
         "step",
-        "train_loss",
-        "attr_loss",
-        "attr_acc",
-        "attr_loss_eval",
-        "attr_acc_eval",
-        "heldout_attr_loss",
-        "heldout_confidence",
-        "baseline",
+        "samples",
+        "lr",
+        "train/loss",
+        *[
+            f"{probe}{attr}/{m}"
+            for probe in ("train", "eval", "heldout")  # no 'old': not fine-tuning
+            for attr in ("", *(f"/{a}" for a in ATTRIBUTES))
+            for m in metrics
+        ],
+        "no_knowledge/level",
         "phase",
-        "tokens_per_s",
-    }
-    assert required <= set(records[-1])
-    assert records[0]["train_loss"] is None and records[-1]["train_loss"] > 0
-    assert records[0]["attr_loss_eval"] > records[0]["baseline"]  # untrained: worse than stats
-    assert records[-1]["attr_loss_eval"] < records[0]["attr_loss_eval"]
-    assert 0 < records[-1]["heldout_confidence"] < 1
-    assert set(records[-1]["by_attribute"]) == {
-        "birth_place",
-        "birth_date",
-        "university",
-        "major",
-        "company",
-        "current_location",
-    }
+        "phase/plateau_start",
+        "phase/plateau_end",
+        *sorted(TIMING),
+    ]
+    assert all(sorted(r) == sorted(expected) for r in records)
+    assert records[0]["schema"] == METRICS_SCHEMA == 2
+    assert records[0]["train/loss"] is None and records[-1]["train/loss"] > 0
+    # untrained: worse than the no-knowledge level
+    assert records[0]["eval/attr_loss"] > records[0]["no_knowledge/level"]
+    assert records[-1]["eval/attr_loss"] < records[0]["eval/attr_loss"]
+    assert 0 < records[-1]["heldout/confidence"] < 1
     assert summary["final"] == records[-1]
-    model, state = load_model(out)
-    assert state["step"] == 6 and isinstance(model, GPT)
+    assert summary["level"] == records[-1]["no_knowledge/level"]
+    model, ckpt = load_model(out)
+    assert isinstance(model, GPT)
+    assert set(ckpt) == {
+        "model",
+        "optimizer",
+        "scheduler",
+        "data",
+        "train_state",
+        "rng",
+        "config",
+        "model_config",
+    }
+    state = ckpt["train_state"]
+    assert state["step"] == 6 and state["eval_steps"] == [0, 3, 6]
+    assert state["eval_losses"] == [r["eval/attr_loss"] for r in records]
+    assert state["eval_accs"] == [r["eval/attr_acc"] for r in records]
+    assert state["level"] == records[-1]["no_knowledge/level"]
 
     # Fine-tuning from that checkpoint: a fresh run whose step-0 evaluation is the old final one.
     start: list[dict] = []
@@ -276,7 +306,7 @@ def test_run_writes_outputs_and_finetune_starts_from_it(tmp_path) -> None:
         ),
         on_eval=lambda step, record, model: start.append(record),
     )
-    assert start[0]["attr_loss_eval"] == pytest.approx(records[-1]["attr_loss_eval"], rel=1e-6)
+    assert start[0]["eval/attr_loss"] == pytest.approx(records[-1]["eval/attr_loss"], rel=1e-6)
 
     with pytest.raises(ValueError, match="--init-checkpoint: model d_model is 32 there, 64 now"):
         train(
@@ -304,8 +334,8 @@ def test_replay_run_reports_old_individuals(tmp_path) -> None:
     )
     # Replay weight 1: half of each 8-row batch comes from the old ('train') population.
     assert [r["replay"] for r in records if "replay" in r] == [[False] * 4 + [True] * 4] * 2
-    assert records[-1]["old_attr_loss_eval"] > 0
-    assert records[-1]["attr_loss_eval"] > 0
+    assert records[-1]["old/attr_loss"] > 0 and records[-1]["eval/attr_loss"] > 0
+    assert "old/major/attr_acc" in records[-1]
 
 
 def run_cli(out: Path, *flags: str) -> subprocess.Popen:
@@ -366,9 +396,91 @@ def test_resume_without_or_with_a_corrupt_checkpoint(tmp_path, capsys) -> None:
 
 
 def test_summary_line_names_the_plateau() -> None:
-    final = {"attr_loss_eval": 1.0, "baseline": 4.0, "attr_acc_eval": 0.5, "heldout_attr_loss": 8.0}
+    final = {
+        "eval/attr_loss": 1.0,
+        "no_knowledge/level": 4.0,
+        "eval/attr_acc": 0.5,
+        "heldout/attr_loss": 8.0,
+    }
     base = {"final": final, "wall_s": 12.0}
     line = summary_line({**base, "plateau_start": 300, "plateau_end": 550})
     assert "plateau steps 300-550" in line and "(0.25x)" in line and "(2.00x)" in line
     assert "not left" in summary_line({**base, "plateau_start": 300, "plateau_end": None})
     assert "no plateau" in summary_line({**base, "plateau_start": None, "plateau_end": None})
+    assert "held-out" not in summary_line(
+        {
+            **base,
+            "final": {**final, "heldout/attr_loss": None},
+            "plateau_start": None,
+            "plateau_end": None,
+        }
+    )
+
+
+def test_train_state_round_trips_through_a_safe_checkpoint(tmp_path) -> None:
+    state = TrainState.start(level=4.5, device=torch.device("cpu"))
+    state.step = 8
+    state.record_eval(0, 9.0, 0.0)
+    state.record_eval(8, 4.4, 0.25)
+    state.add_train_loss(torch.tensor(2.0))
+    state.add_train_loss(torch.tensor(3.0))
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {}, "model_config": {}, "train_state": state.state_dict()}, path)
+    loaded = TrainState.start(level=0.0, device=torch.device("cpu"))
+    loaded.load_state_dict(load_checkpoint(path)["train_state"])  # weights_only=True inside
+    assert loaded.state_dict() == state.state_dict()
+    assert loaded.level == 4.5 and loaded.eval_accs == [0.0, 0.25]
+    assert loaded.take_train_loss(world_size=1) == 2.5
+    assert loaded.take_train_loss(world_size=1) is None  # the window was reset
+
+
+def test_make_record_keys() -> None:
+    summary = {
+        "loss": 1.0,
+        "acc": 0.5,
+        "confidence": 0.25,
+        "by_attribute": {"major": {"loss": 2.0, "acc": 0.0, "confidence": 0.1, "values": 3}},
+    }
+    record = make_record(
+        step=4,
+        samples=32,
+        lr=1e-3,
+        train_loss=None,
+        results={"eval": summary},
+        level=4.0,
+        phase=2,
+        plateau_start=4,
+        plateau_end=None,
+        tokens_per_s=None,
+        mfu=None,
+        elapsed_s=1.5,
+    )
+    assert record == {
+        "schema": 2,
+        "step": 4,
+        "samples": 32,
+        "lr": 1e-3,
+        "train/loss": None,
+        "eval/attr_loss": 1.0,
+        "eval/attr_acc": 0.5,
+        "eval/confidence": 0.25,
+        "eval/major/attr_loss": 2.0,
+        "eval/major/attr_acc": 0.0,
+        "eval/major/confidence": 0.1,
+        "no_knowledge/level": 4.0,
+        "phase": 2,
+        "phase/plateau_start": 4,
+        "phase/plateau_end": None,
+        "perf/tokens_per_s": None,
+        "perf/mfu": None,
+        "time/elapsed_s": 1.5,
+    }
+
+
+def test_resumable_fields_may_change_on_resume() -> None:
+    config = small_config(Path("x"), checkpoint_every=4)
+    saved = config.to_dict()
+    check_resumable(saved, dataclasses.replace(config, checkpoint_every=8, keep_checkpoints=True))
+    assert {"checkpoint_every", "keep_checkpoints", "threads"} <= RESUMABLE_FIELDS
+    with pytest.raises(ValueError, match="--eval-every differs"):
+        check_resumable(saved, dataclasses.replace(config, eval_every=5))

@@ -184,10 +184,21 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Fields that may differ between a checkpoint and the run resuming it: where and how it runs,
-# not what it computes.
+# Fields that may differ between a checkpoint and the run resuming it: where and how it runs and
+# how often it is saved, not what it computes.
 RESUMABLE_FIELDS = frozenset(
-    {"out", "resume", "device", "threads", "data_threads", "progress", "compile", "peak_tflops"}
+    {
+        "out",
+        "resume",
+        "device",
+        "threads",
+        "data_threads",
+        "progress",
+        "compile",
+        "peak_tflops",
+        "checkpoint_every",
+        "keep_checkpoints",
+    }
 )
 
 

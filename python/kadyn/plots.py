@@ -13,17 +13,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 PHASE_COLOURS = {1: "#f2f2f2", 2: "#fde9c8", 3: "#d9f0d3"}
-LOSS_CURVES = (
-    ("attr_loss", "train templates"),
-    ("attr_loss_eval", "eval templates (knowledge)"),
-    ("heldout_attr_loss", "held-out individuals"),
-    ("old_attr_loss_eval", "old individuals (eval templates)"),
-)
-ACC_CURVES = (
-    ("attr_acc", "train templates"),
-    ("attr_acc_eval", "eval templates (knowledge)"),
-    ("heldout_attr_acc", "held-out individuals"),
-    ("old_attr_acc_eval", "old individuals (eval templates)"),
+PROBE_LABELS = (
+    ("train", "train templates"),
+    ("eval", "eval templates (knowledge)"),
+    ("heldout", "held-out individuals"),
+    ("old", "old individuals (eval templates)"),
 )
 
 
@@ -51,7 +45,8 @@ def plot_curves(
     plateau_end: Optional[int] = None,
     title: str = "",
 ) -> None:
-    """Write a two-panel PNG from metrics.jsonl records (needs 'step', 'baseline', losses)."""
+    """Write a two-panel PNG from metrics.jsonl records (needs 'step', 'no_knowledge/level' and
+    the `{probe}/attr_loss`, `{probe}/attr_acc` of the probes the run has)."""
     if not records:
         raise ValueError("records must hold at least one evaluation")
     steps = [r["step"] for r in records]
@@ -60,19 +55,17 @@ def plot_curves(
     ax_loss, ax_acc = fig.subplots(2, 1, sharex=True)
     for ax in (ax_loss, ax_acc):
         _shade_phases(ax, steps, plateau_start, plateau_end)
-    for key, label in LOSS_CURVES:
-        xs, ys = _series(records, key)
+    for probe, label in PROBE_LABELS:
+        xs, ys = _series(records, f"{probe}/attr_loss")
         if xs:
             ax_loss.plot(xs, ys, marker=".", label=label)
-    baseline = records[-1]["baseline"]
-    ax_loss.axhline(
-        baseline, color="black", ls="--", lw=1, label=f"no-knowledge baseline {baseline:.2f}"
-    )
+    level = records[-1]["no_knowledge/level"]
+    ax_loss.axhline(level, color="black", ls="--", lw=1, label=f"no-knowledge level {level:.2f}")
     ax_loss.set_ylabel("attribute loss (nats per value)")
     ax_loss.set_ylim(bottom=0)
     ax_loss.legend(fontsize=8)
-    for key, label in ACC_CURVES:
-        xs, ys = _series(records, key)
+    for probe, label in PROBE_LABELS:
+        xs, ys = _series(records, f"{probe}/attr_acc")
         if xs:
             ax_acc.plot(xs, ys, marker=".", label=label)
     ax_acc.set_ylabel("attribute accuracy")

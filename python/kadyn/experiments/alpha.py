@@ -95,7 +95,7 @@ def plateau_length(result: RunResult) -> float:
 
 
 def final_loss(result: RunResult) -> float:
-    return float(result.records[-1]["attr_loss_eval"])
+    return float(result.records[-1]["eval/attr_loss"])
 
 
 def _mean(values: list[float]) -> Optional[float]:
@@ -157,7 +157,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     ax_p.legend(fontsize=7)
     if any(r is not None for r in results):
         ax_l.axhline(
-            next(r for r in results if r is not None).summary["baseline"],
+            next(r for r in results if r is not None).summary["level"],
             color="0.3",
             ls=":",
             lw=0.8,

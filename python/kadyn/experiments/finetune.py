@@ -4,8 +4,8 @@ Stage 1 pre-trains on the `train` population (the world also holds the `new` pop
 start, so the vocabulary and the world are the same in both stages). Stage 2 starts one run per
 replay weight from the pre-trained checkpoint (`init_checkpoint`: fresh optimizer, step 0), on the
 `new` population at a constant small learning rate, with `replay` rows of old biographies per row
-of new ones in each batch. The trainer probes old individuals (`old_attr_acc_eval`) and new ones
-(`attr_acc_eval`) at every evaluation. The paper: old accuracy collapses in the first hundreds of
+of new ones in each batch. The trainer probes old individuals (`old/attr_acc`) and new ones
+(`eval/attr_acc`) at every evaluation. The paper: old accuracy collapses in the first hundreds of
 steps while new individuals are learned slowly; replay helps later, not at the start.
 """
 
@@ -126,11 +126,11 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     stats: Optional[fitting.FinetuneStats] = None
     if 0.0 in by_w:
         stats = fitting.FinetuneStats(
-            old_start=_at(by_w[0.0], 0, "old_attr_acc_eval"),
-            old_early={w: _at(r, early, "old_attr_acc_eval") for w, r in by_w.items()},
-            old_final={w: float(r.records[-1]["old_attr_acc_eval"]) for w, r in by_w.items()},
-            new_early={w: _at(r, early, "attr_acc_eval") for w, r in by_w.items()},
-            new_final={w: float(r.records[-1]["attr_acc_eval"]) for w, r in by_w.items()},
+            old_start=_at(by_w[0.0], 0, "old/attr_acc"),
+            old_early={w: _at(r, early, "old/attr_acc") for w, r in by_w.items()},
+            old_final={w: float(r.records[-1]["old/attr_acc"]) for w, r in by_w.items()},
+            new_early={w: _at(r, early, "eval/attr_acc") for w, r in by_w.items()},
+            new_final={w: float(r.records[-1]["eval/attr_acc"]) for w, r in by_w.items()},
         )
         verdict = fitting.finetune_verdict(stats)
     else:
@@ -139,8 +139,8 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     fig = new_figure(ncols=2)
     ax_old, ax_new = fig.subplots(1, 2)
     for i, (w, r) in enumerate(sorted(by_w.items())):
-        ax_old.plot(*r.series("old_attr_acc_eval"), color=f"C{i}", label=f"replay {w:g}")
-        ax_new.plot(*r.series("attr_acc_eval"), color=f"C{i}", label=f"replay {w:g}")
+        ax_old.plot(*r.series("old/attr_acc"), color=f"C{i}", label=f"replay {w:g}")
+        ax_new.plot(*r.series("eval/attr_acc"), color=f"C{i}", label=f"replay {w:g}")
     for ax, title in ((ax_old, "old individuals"), (ax_new, "new individuals")):
         ax.axvline(early, color="0.6", ls=":", lw=0.8)
         ax.set_xscale("symlog", linthresh=max(1, opts["eval_every"]))
@@ -156,7 +156,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
         table.append(
             (
                 "pre-training: eval accuracy",
-                f"{pre.records[-1]['attr_acc_eval']:.3f} after {opts['pretrain_steps']} steps",
+                f"{pre.records[-1]['eval/attr_acc']:.3f} after {opts['pretrain_steps']} steps",
                 "—",
             )
         )

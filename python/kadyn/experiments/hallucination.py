@@ -75,7 +75,7 @@ def execute(opts: dict[str, Any], ctx: Context) -> None:
 
 def stats(result: RunResult) -> fitting.HallucinationStats:
     records = result.records
-    baseline = float(result.summary["baseline"])
+    baseline = float(result.summary["level"])
     start = result.summary.get("plateau_start")
     end = result.summary.get("plateau_end")
     at_start = next((r for r in records if start is not None and r["step"] >= start), records[0])
@@ -83,11 +83,11 @@ def stats(result: RunResult) -> fitting.HallucinationStats:
     return fitting.HallucinationStats(
         baseline=baseline,
         knowledge_step=end,
-        heldout_final=float(np.mean([r["heldout_attr_loss"] for r in tail])),
-        heldout_plateau=float(at_start["heldout_attr_loss"]),
-        confidence_heldout=float(records[-1]["heldout_confidence"]),
-        confidence_known=float(records[-1]["attr_confidence_eval"]),
-        confidence_heldout_plateau=float(at_start["heldout_confidence"]),
+        heldout_final=float(np.mean([r["heldout/attr_loss"] for r in tail])),
+        heldout_plateau=float(at_start["heldout/attr_loss"]),
+        confidence_heldout=float(records[-1]["heldout/confidence"]),
+        confidence_known=float(records[-1]["eval/confidence"]),
+        confidence_heldout_plateau=float(at_start["heldout/confidence"]),
     )
 
 
@@ -107,10 +107,10 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     for i, result in enumerate(r for r in results if r is not None):
         # The first seed in full colour and labelled; the others faint.
         for ax, key, color, label in (
-            (ax_loss, "attr_loss_eval", "C0", "trained individuals"),
-            (ax_loss, "heldout_attr_loss", "C3", "held-out individuals"),
-            (ax_conf, "attr_confidence_eval", "C0", "trained individuals"),
-            (ax_conf, "heldout_confidence", "C3", "held-out individuals"),
+            (ax_loss, "eval/attr_loss", "C0", "trained individuals"),
+            (ax_loss, "heldout/attr_loss", "C3", "held-out individuals"),
+            (ax_conf, "eval/confidence", "C0", "trained individuals"),
+            (ax_conf, "heldout/confidence", "C3", "held-out individuals"),
         ):
             ax.plot(
                 *result.series(key),
@@ -119,9 +119,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
                 label=label if i == 0 else None,
             )
     if first is not None:
-        ax_loss.axhline(
-            first.summary["baseline"], color="0.3", ls=":", label="no-knowledge baseline"
-        )
+        ax_loss.axhline(first.summary["level"], color="0.3", ls=":", label="no-knowledge baseline")
         for ax in (ax_loss, ax_conf):
             for key, style in (("plateau_start", "--"), ("plateau_end", "-")):
                 if first.summary.get(key) is not None:

@@ -146,7 +146,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     done = {s.meta["source"]: (s, r) for s, r in zip(twins, results) if r is not None}
     stats = fitting.PatchingStats(
         knowledge_step={k: knowledge_step(r) for k, (_, r) in done.items()},
-        mean_loss={k: float(np.mean(r.series("attr_loss_eval")[1])) for k, (_, r) in done.items()},
+        mean_loss={k: float(np.mean(r.series("eval/attr_loss")[1])) for k, (_, r) in done.items()},
     )
     verdict = fitting.patching_verdict(stats)
 
@@ -155,8 +155,8 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     order = ["none"] + [s for s in SOURCES if s in done]
     for i, name in enumerate(k for k in order if k in done):
         spec, result = done[name]
-        steps, losses = result.series("attr_loss_eval")
-        base = result.summary["baseline"]
+        steps, losses = result.series("eval/attr_loss")
+        base = result.summary["level"]
         label = (
             "no patching" if name == "none" else f"{name} (ref. step {spec.meta['source_step']})"
         )
@@ -169,8 +169,8 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     ax_twins.set_title("twins with patched attention")
     ax_twins.legend(fontsize=7)
     if reference is not None:
-        steps, losses = reference.series("attr_loss_eval")
-        ax_ref.plot(steps, np.array(losses) / reference.summary["baseline"], color="k")
+        steps, losses = reference.series("eval/attr_loss")
+        ax_ref.plot(steps, np.array(losses) / reference.summary["level"], color="k")
         for i, name in enumerate(k for k in order if k in done and k != "none"):
             ax_ref.axvline(
                 done[name][0].meta["source_step"], color=f"C{i + 1}", ls="--", label=name

@@ -143,8 +143,8 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
     for i, (spec, result) in enumerate(zip(runs, results)):
         if result is None or spec.meta["seed"] != opts["seeds"][0]:
             continue
-        steps, losses = result.series("attr_loss_eval")
-        base = result.summary["baseline"]
+        steps, losses = result.series("eval/attr_loss")
+        base = result.summary["level"]
         ax_curves.plot(
             steps, np.array(losses) / base, color=f"C{i % 10}", label=f"N={spec.meta['n']}"
         )

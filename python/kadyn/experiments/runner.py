@@ -35,6 +35,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
+from kadyn.fileio import atomic_write_text
+
 RESULT = "result.json"
 LOG = "train.log"
 LOCK = ".lock"
@@ -122,9 +124,7 @@ def load_result(spec: RunSpec, out: Path) -> Optional[RunResult]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _attention_source(spec: RunSpec, out: Path, device_name: str) -> Callable[[Any], dict]:
@@ -197,7 +197,7 @@ def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> di
         if spec.snapshot_models:
             state = {"model": model.state_dict(), "model_config": vars(model.config).copy()}
             save_checkpoint({**state, "step": step}, snapshot_path(run_dir, step))
-        end = record.get("plateau_end")
+        end = record.get("phase/plateau_end")
         if spec.stop_after_knowledge is not None and end is not None:
             if step >= end + spec.stop_after_knowledge:
                 raise _StopRun
@@ -215,9 +215,9 @@ def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> di
             summary = {
                 "out": str(run_dir),
                 "steps": records[-1]["step"],
-                "baseline": records[-1]["baseline"],
-                "plateau_start": records[-1]["plateau_start"],
-                "plateau_end": records[-1]["plateau_end"],
+                "level": records[-1]["no_knowledge/level"],
+                "plateau_start": records[-1]["phase/plateau_start"],
+                "plateau_end": records[-1]["phase/plateau_end"],
                 "final": records[-1],
             }
     summary["stopped_early"] = stopped

@@ -115,7 +115,7 @@ def execute(opts: dict[str, Any], ctx: Context) -> None:
 
 
 def final_acc(result: RunResult) -> float:
-    return float(result.records[-1]["attr_acc_eval"])
+    return float(result.records[-1]["eval/attr_acc"])
 
 
 def analyze(opts: dict[str, Any], ctx: Context) -> Section:
@@ -181,7 +181,7 @@ def analyze(opts: dict[str, Any], ctx: Context) -> Section:
         ):
             for s, r in zip(spec_list, res_list):
                 if r is not None and s.meta["n"] == n and pick(s):
-                    ax_curve.plot(*r.series("attr_acc_eval"), label=label)
+                    ax_curve.plot(*r.series("eval/attr_acc"), label=label)
         ax_curve.set_title(f"accuracy over all individuals, N={n}")
     ax_curve.set_xlabel("step")
     ax_curve.set_ylabel("eval accuracy (all individuals)")
