@@ -47,14 +47,14 @@ def test_paper_pools_and_templates() -> None:
     expected = (
         2 * math.log(800) + math.log(201 * 12 * 31) + math.log(200) + math.log(100) + math.log(500)
     ) / 6
-    assert w.no_knowledge_loss(distribution="uniform")["mean"] == pytest.approx(expected)
+    assert w.pool_entropy()["mean"] == pytest.approx(expected)
     assert expected == pytest.approx(6.78, abs=0.01)
 
 
-def test_no_knowledge_loss_matches_brute_force() -> None:
+def test_value_table_entropy_matches_brute_force() -> None:
     w = kadyn.World(n_individuals=120, seed=5, heldout=30, n_cities=10, n_majors=4)
     for population, n in (("train", 120), ("heldout", 30)):
-        got = w.no_knowledge_loss(population)
+        got = w.value_table_entropy(population)
         for attr in w.attribute_names:
             counts = Counter(w.individual(i, population)[attr] for i in range(n))
             entropy = -sum(c / n * math.log(c / n) for c in counts.values())
@@ -164,7 +164,13 @@ def test_bad_lookups(small: kadyn.World) -> None:
         small.templates("age")
     with pytest.raises(KeyError, match="token id 99999"):
         small.decode([99999])
-    with pytest.raises(ValueError, match="unknown distribution"):
-        small.no_knowledge_loss(distribution="zipf")
+    with pytest.raises(TypeError):
+        small.no_knowledge_loss(sampling="zipf")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_individuals must be in 1..="):
+        small.no_knowledge_loss(max_individuals=0)
+    with pytest.raises(ValueError, match="n_days must be in 1..=31"):
+        kadyn.World(n_individuals=5, n_days=32)
+    with pytest.raises(ValueError, match="n_months"):
+        kadyn.World(n_individuals=5, n_months=0)
     with pytest.raises(ValueError, match="seq_len must be >="):
         small.eval_set(seq_len=5)

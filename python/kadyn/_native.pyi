@@ -42,6 +42,8 @@ class Curriculum:
     def __new__(cls, phases: Sequence[tuple[_Distribution, Optional[int]]]) -> Curriculum: ...
     def spec(self) -> list[tuple[str, float, Optional[int]]]: ...
 
+_Sampling = Union[Uniform, PowerLaw, Subset, Curriculum]
+
 @disjoint_base
 class World:
     def __new__(
@@ -58,6 +60,8 @@ class World:
         n_companies: int = 500,
         year_min: int = 1900,
         year_max: int = 2100,
+        n_days: int = 31,
+        n_months: int = 12,
     ) -> World: ...
     @property
     def n_individuals(self) -> int: ...
@@ -95,11 +99,16 @@ class World:
         seed: int = 0,
     ) -> pa.RecordBatch: ...
     def no_knowledge_loss(
-        self, population: str = "train", distribution: str = "empirical"
+        self,
+        sampling: Optional[_Sampling] = None,
+        population: str = "train",
+        max_individuals: Optional[int] = None,
+        at_sample: Optional[int] = None,
     ) -> dict[str, float]: ...
+    def value_table_entropy(self, population: str = "train") -> dict[str, float]: ...
+    def pool_entropy(self) -> dict[str, float]: ...
+    def unique_name_tokens(self, population: str = "train") -> int: ...
     def table(self, population: str = "train") -> pa.RecordBatch: ...
-
-_Sampling = Union[Uniform, PowerLaw, Subset, Curriculum]
 
 @final
 class BatchStream:
@@ -120,6 +129,7 @@ class BatchStream:
         batch_step: int = 1,
         threads: int = 1,
         prefetch: int = 4,
+        facts: str = "real",
     ) -> BatchStream: ...
     def __iter__(self) -> Iterator[pa.RecordBatch]: ...
     def __next__(self) -> pa.RecordBatch: ...
@@ -134,5 +144,6 @@ def build_rows(
     packing: str = "pad",
     seed: int = 0,
     threads: int = 1,
+    facts: str = "real",
 ) -> pa.RecordBatch: ...
 def gen_main(argv: list[str]) -> int: ...

@@ -32,6 +32,9 @@ class BiographyStream(IterableDataset):
     """An infinite stream of biography batches (`pyarrow.RecordBatch`, schema in DESIGN.md).
 
     `rank`/`world_size` default to torch.distributed's when it is initialised, else 0/1.
+    `facts="shuffled"` gives the no-knowledge control: each sentence's value comes from a random
+    individual drawn under the same sampling, independently of the name (row k otherwise equals
+    the real stream's row k), so a model trained on it can learn the value statistics only.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class BiographyStream(IterableDataset):
         world_size: Optional[int] = None,
         threads: int = 2,
         prefetch: int = 4,
+        facts: str = "real",
     ) -> None:
         super().__init__()
         default_rank, default_size = _distributed_rank_and_size()
@@ -63,6 +67,7 @@ class BiographyStream(IterableDataset):
         self.world_size = default_size if world_size is None else world_size
         self.threads = threads
         self.prefetch = prefetch
+        self.facts = facts
         if self.world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {self.world_size}")
         if not 0 <= self.rank < self.world_size:
@@ -90,6 +95,7 @@ class BiographyStream(IterableDataset):
             batch_step=batch_step,
             threads=self.threads,
             prefetch=self.prefetch,
+            facts=self.facts,
         )
 
     @property
@@ -130,6 +136,7 @@ class BiographyStream(IterableDataset):
             "split": self.split,
             "population": self.population,
             "packing": self.packing,
+            "facts": self.facts,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -141,7 +148,7 @@ class BiographyStream(IterableDataset):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"state version must be {STATE_VERSION}, got {state.get('version')!r}")
         mine = self._state(0)
-        for key in ("seed", "seq_len", "sampling", "split", "population", "packing"):
+        for key in ("seed", "seq_len", "sampling", "split", "population", "packing", "facts"):
             if state.get(key) != mine[key]:
                 raise ValueError(
                     f"state {key} is {state.get(key)!r} but this stream has {mine[key]!r}; "

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kadyn_core::rng::{CounterRng, Domain};
 use kadyn_core::{
-    Curriculum, Distribution, Packing, Population, RowBuilder, Sampler, Split, StreamSpec, World,
-    WorldConfig,
+    Curriculum, Distribution, Facts, Packing, Population, RowBuilder, Sampler, Split, StreamSpec,
+    World, WorldConfig,
 };
 
 fn world() -> Arc<World> {
@@ -90,6 +90,7 @@ fn build(c: &mut Criterion) {
                 seq_len: 128,
                 seed: 0,
                 sampling: Curriculum::single(Distribution::PowerLaw { alpha: 0.7 }),
+                facts: Facts::Real,
             },
         )
         .expect("valid spec");

@@ -45,6 +45,37 @@ impl Packing {
     }
 }
 
+/// Whether a row states each individual's own values or values independent of the name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Facts {
+    /// The individual's own values (the training data).
+    #[default]
+    Real,
+    /// The no-knowledge control: each sentence's value is the same attribute's value of a donor
+    /// drawn from the population under the stream's own sampling distribution, independently of
+    /// the name. Row k keeps the real row k's individual, sentence order and templates (the donors
+    /// come from their own random domain), so only the facts differ; the value statistics are the
+    /// stream's, and a model trained on it can learn statistics but no individual.
+    Shuffled,
+}
+
+impl Facts {
+    pub const NAMES: [&'static str; 2] = ["real", "shuffled"];
+
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "real" => Ok(Facts::Real),
+            "shuffled" => Ok(Facts::Shuffled),
+            _ => Err(KadynError::unknown("facts", name, &Self::NAMES)),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
 /// Everything that defines a stream's rows (not how they are split over ranks or batches).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StreamSpec {
@@ -54,6 +85,8 @@ pub struct StreamSpec {
     pub seq_len: usize,
     pub seed: u64,
     pub sampling: Curriculum,
+    #[serde(default)]
+    pub facts: Facts,
 }
 
 pub fn schema(seq_len: usize, packing: Packing) -> SchemaRef {
@@ -141,11 +174,26 @@ impl RowBuilder {
     fn biography(&self, k: u64, j: u64, tokens: &mut Vec<u32>, attrs: &mut Vec<i8>) -> u32 {
         let mut rng = CounterRng::new(self.spec.seed, Domain::Sample, &[k, j]);
         let local = self.sampler.draw(k, &mut rng);
-        let ind = &self.world.individuals()[self.population_start + local as usize];
+        let individuals = &self.world.individuals()[self.population_start..];
+        let ind = &individuals[local as usize];
         tokens.clear();
         attrs.clear();
-        self.world
-            .render_biography(ind, self.spec.split, &mut rng, tokens, attrs);
+        match self.spec.facts {
+            Facts::Real => {
+                self.world
+                    .render_biography(ind, self.spec.split, &mut rng, tokens, attrs);
+            }
+            Facts::Shuffled => {
+                let mut donors = CounterRng::new(self.spec.seed, Domain::Shuffle, &[k, j]);
+                let mut twin = ind.clone();
+                for (attr, value) in twin.values.iter_mut().enumerate() {
+                    let donor = self.sampler.draw(k, &mut donors) as usize;
+                    *value = individuals[donor].values[attr];
+                }
+                self.world
+                    .render_biography(&twin, self.spec.split, &mut rng, tokens, attrs);
+            }
+        }
         local
     }
 

@@ -16,7 +16,7 @@ pub mod vocab;
 pub mod world;
 
 pub use attribute::{Attribute, ATTRIBUTE_NAMES, N_ATTRIBUTES};
-pub use batch::{eval_set, Packing, RowBuilder, StreamSpec};
+pub use batch::{eval_set, Facts, Packing, RowBuilder, StreamSpec};
 pub use error::{KadynError, Result};
 pub use pools::PoolSizes;
 pub use prefetch::{Prefetcher, Schedule};

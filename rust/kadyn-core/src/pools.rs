@@ -30,6 +30,14 @@ pub const MONTHS: [&str; 12] = [
 /// Days are drawn independently of the month, as in the paper's baseline ln(201 · 12 · 31).
 pub const DAYS: u32 = 31;
 
+fn default_days() -> u32 {
+    DAYS
+}
+
+fn default_months() -> u32 {
+    MONTHS.len() as u32
+}
+
 /// How many entries of each pool a world uses. Defaults are the paper's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolSizes {
@@ -41,6 +49,13 @@ pub struct PoolSizes {
     pub companies: u32,
     pub year_min: u32,
     pub year_max: u32,
+    /// Days 1..=days and the first `months` months: small CPU-scale worlds shrink the calendar so
+    /// that every date is common and the population's joint date entropy meets the factorized
+    /// statistics-only level (see `baseline.rs`). Defaults are the paper's (31, 12).
+    #[serde(default = "default_days")]
+    pub days: u32,
+    #[serde(default = "default_months")]
+    pub months: u32,
 }
 
 impl Default for PoolSizes {
@@ -54,6 +69,8 @@ impl Default for PoolSizes {
             companies: 500,
             year_min: 1900,
             year_max: 2100,
+            days: DAYS,
+            months: MONTHS.len() as u32,
         }
     }
 }
@@ -76,6 +93,8 @@ pub struct Pools {
     pub companies: Vec<&'static str>,
     pub year_min: u32,
     pub year_max: u32,
+    pub days: u32,
+    pub months: u32,
 }
 
 fn take(field: &'static str, text: &'static str, wanted: u32) -> Result<Vec<&'static str>> {
@@ -106,6 +125,20 @@ impl Pools {
                 format!(">= year_min ({})", sizes.year_min),
             ));
         }
+        if !(1..=DAYS).contains(&sizes.days) {
+            return Err(KadynError::invalid(
+                "n_days",
+                sizes.days,
+                format!("in 1..={DAYS}"),
+            ));
+        }
+        if !(1..=MONTHS.len() as u32).contains(&sizes.months) {
+            return Err(KadynError::invalid(
+                "n_months",
+                sizes.months,
+                format!("in 1..={}", MONTHS.len()),
+            ));
+        }
         Ok(Pools {
             first_names: take("n_first_names", FIRST_NAMES, sizes.first_names)?,
             last_names: take("n_last_names", LAST_NAMES, sizes.last_names)?,
@@ -115,11 +148,27 @@ impl Pools {
             companies: take("n_companies", COMPANIES, sizes.companies)?,
             year_min: sizes.year_min,
             year_max: sizes.year_max,
+            days: sizes.days,
+            months: sizes.months,
         })
     }
 
     pub fn n_years(&self) -> u32 {
         self.year_max - self.year_min + 1
+    }
+
+    /// Number of possible birth dates (day × month × year).
+    pub fn n_dates(&self) -> u32 {
+        self.n_years() * self.months * self.days
+    }
+
+    /// A birth date index as (day, month, year) offsets; day varies fastest.
+    pub fn split_date(&self, value: u32) -> (u32, u32, u32) {
+        (
+            value % self.days,
+            (value / self.days) % self.months,
+            value / (self.days * self.months),
+        )
     }
 
     /// Number of distinct full names (first × middle × last).

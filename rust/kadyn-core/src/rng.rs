@@ -14,6 +14,8 @@ pub enum Domain {
     TemplateSplit = 3,
     Sample = 4,
     EvalSet = 5,
+    /// Donors of a control stream's values (`Facts::Shuffled`).
+    Shuffle = 6,
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;

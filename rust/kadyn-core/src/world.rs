@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribute::{Attribute, N_ATTRIBUTES};
 use crate::error::{KadynError, Result};
-use crate::pools::{PoolSizes, Pools, DAYS, MONTHS};
+use crate::pools::{PoolSizes, Pools, MONTHS};
 use crate::rng::{CounterRng, Domain};
 use crate::templates::{self, Template, TemplateText, TEMPLATES_PER_ATTRIBUTE, TRAIN_TEMPLATES};
 use crate::vocab::{split_words, Vocab, BOS_ID, EOS_ID};
@@ -228,7 +228,7 @@ impl World {
     /// Number of distinct values of an attribute type.
     pub fn value_count(&self, attr: Attribute) -> usize {
         match attr {
-            Attribute::BirthDate => (self.pools.n_years() * 12 * DAYS) as usize,
+            Attribute::BirthDate => self.pools.n_dates() as usize,
             _ => self.tokens.lists[attr as usize].len(),
         }
     }
@@ -241,7 +241,7 @@ impl World {
             Attribute::Major => p.majors[value as usize].into(),
             Attribute::Company => p.companies[value as usize].into(),
             Attribute::BirthDate => {
-                let (day, month, year) = split_date(value);
+                let (day, month, year) = self.pools.split_date(value);
                 format!(
                     "{} {} {}",
                     day + 1,
@@ -250,6 +250,22 @@ impl World {
                 )
             }
         }
+    }
+
+    /// How many name tokens occur in exactly one individual of the population (a first and a
+    /// middle name share one pool, so a token counts in either position).
+    pub fn unique_name_tokens(&self, population: Population) -> usize {
+        let mut first = vec![0u32; self.pools.first_names.len()];
+        let mut last = vec![0u32; self.pools.last_names.len()];
+        for ind in &self.individuals[self.population_range(population)] {
+            // A token used twice by one person still identifies that person.
+            first[ind.name[0] as usize] += 1;
+            if ind.name[1] != ind.name[0] {
+                first[ind.name[1] as usize] += 1;
+            }
+            last[ind.name[2] as usize] += 1;
+        }
+        first.iter().chain(&last).filter(|&&c| c == 1).count()
     }
 
     pub fn full_name(&self, ind: &Individual) -> String {
@@ -264,7 +280,7 @@ impl World {
     fn push_value(&self, attr: Attribute, value: u32, out: &mut Vec<u32>) {
         match attr {
             Attribute::BirthDate => {
-                let (day, month, year) = split_date(value);
+                let (day, month, year) = self.pools.split_date(value);
                 out.extend([
                     self.tokens.days[day as usize],
                     self.tokens.months[month as usize],
@@ -344,11 +360,6 @@ impl World {
     }
 }
 
-/// Birth dates are one index over year × month × day (day fastest).
-fn split_date(value: u32) -> (u32, u32, u32) {
-    (value % DAYS, (value / DAYS) % 12, value / (DAYS * 12))
-}
-
 fn value_texts(pools: &Pools, attr: Attribute) -> &[&'static str] {
     match attr {
         Attribute::BirthPlace | Attribute::CurrentLocation => &pools.cities,
@@ -371,8 +382,12 @@ fn build_vocab(pools: &Pools, template_texts: &[Vec<TemplateText>; N_ATTRIBUTES]
     ] {
         words.extend(list.iter().flat_map(|t| split_words(t)));
     }
-    words.extend((1..=DAYS).map(|d| d.to_string()));
-    words.extend(MONTHS.iter().map(|m| m.to_string()));
+    words.extend((1..=pools.days).map(|d| d.to_string()));
+    words.extend(
+        MONTHS[..pools.months as usize]
+            .iter()
+            .map(|m| m.to_string()),
+    );
     words.extend((pools.year_min..=pools.year_max).map(|y| y.to_string()));
     Vocab::build(words.iter().map(String::as_str))
 }
@@ -397,7 +412,7 @@ fn tokenize_values(pools: &Pools, vocab: &Vocab) -> Result<ValueTokens> {
             ));
         }
     }
-    let days: Vec<String> = (1..=DAYS).map(|d| d.to_string()).collect();
+    let days: Vec<String> = (1..=pools.days).map(|d| d.to_string()).collect();
     let years: Vec<String> = (pools.year_min..=pools.year_max)
         .map(|y| y.to_string())
         .collect();
@@ -406,7 +421,7 @@ fn tokenize_values(pools: &Pools, vocab: &Vocab) -> Result<ValueTokens> {
         last_names: single(&pools.last_names)?,
         lists,
         days: days.iter().map(|d| vocab.id(d)).collect::<Result<_>>()?,
-        months: single(&MONTHS)?,
+        months: single(&MONTHS[..pools.months as usize])?,
         years: years.iter().map(|y| vocab.id(y)).collect::<Result<_>>()?,
     })
 }
@@ -435,7 +450,7 @@ fn draw_individuals(config: &WorldConfig, pools: &Pools, total: usize) -> Vec<In
     let sizes: Vec<u64> = Attribute::ALL
         .iter()
         .map(|&a| match a {
-            Attribute::BirthDate => (pools.n_years() * 12 * DAYS) as u64,
+            Attribute::BirthDate => pools.n_dates() as u64,
             _ => value_texts(pools, a).len() as u64,
         })
         .collect();

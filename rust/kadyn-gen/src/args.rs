@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use kadyn_core::{
-    Curriculum, Distribution, Packing, Population, RowBuilder, Split, StreamSpec, World,
+    Curriculum, Distribution, Facts, Packing, Population, RowBuilder, Split, StreamSpec, World,
     WorldConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,10 @@ pub struct Args {
     /// Which individuals the rows describe.
     #[arg(long, default_value = "train", value_parser = Population::NAMES)]
     pub population: String,
+    /// real: each individual's own values; shuffled: the no-knowledge control, each value taken
+    /// from a random individual of the same sampling distribution (names carry no information).
+    #[arg(long, default_value = "real", value_parser = Facts::NAMES)]
+    pub facts: String,
     /// Pack several biographies per row (joined by <eos>) instead of one padded biography.
     #[arg(long)]
     pub pack: bool,
@@ -90,9 +94,15 @@ pub struct Options {
     pub split: String,
     pub population: String,
     pub pack: bool,
+    #[serde(default = "real_facts")]
+    pub facts: String,
     pub seed: u64,
     pub world_seed: u64,
     pub shard_rows: u64,
+}
+
+fn real_facts() -> String {
+    Facts::Real.name().to_string()
 }
 
 /// Everything a dataset is a pure function of; stored in the directory and in the manifest.
@@ -160,6 +170,7 @@ impl Args {
             seq_len,
             seed: self.seed,
             sampling: sampling.clone(),
+            facts: Facts::parse(&self.facts).map_err(|e| from_core(e, "--facts", None))?,
         };
         let spec_text = format_sampling(&sampling);
         let builder = RowBuilder::new(Arc::new(world), stream.clone())
@@ -175,6 +186,7 @@ impl Args {
             split: self.split.clone(),
             population: self.population.clone(),
             pack: self.pack,
+            facts: self.facts.clone(),
             seed: self.seed,
             world_seed: self.world_seed,
             shard_rows: self.shard_rows,

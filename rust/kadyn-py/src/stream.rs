@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use arrow::pyarrow::ToPyArrow;
-use kadyn_core::{Packing, Population, Prefetcher, RowBuilder, Schedule, Split, StreamSpec};
+use kadyn_core::{Facts, Packing, Population, Prefetcher, RowBuilder, Schedule, Split, StreamSpec};
 use pyo3::prelude::*;
 
 use crate::errors::{count, to_py};
@@ -20,6 +20,7 @@ fn row_builder(
     population: &str,
     packing: &str,
     seed: i64,
+    facts: &str,
 ) -> PyResult<RowBuilder> {
     let spec = StreamSpec {
         population: Population::parse(population).map_err(to_py)?,
@@ -28,6 +29,7 @@ fn row_builder(
         seq_len: count("seq_len", seq_len, 1, i32::MAX as i64)? as usize,
         seed: count("seed", seed, 0, i64::MAX)?,
         sampling: curriculum(sampling)?,
+        facts: Facts::parse(facts).map_err(to_py)?,
     };
     RowBuilder::new(world.inner.clone(), spec).map_err(to_py)
 }
@@ -43,7 +45,7 @@ impl BatchStream {
     #[pyo3(signature = (
         world, sampling, batch_size, seq_len, split = "train", population = "train",
         packing = "pad", seed = 0, position = 0, rank = 0, world_size = 1,
-        batch_start = 0, batch_step = 1, threads = 1, prefetch = 4,
+        batch_start = 0, batch_step = 1, threads = 1, prefetch = 4, facts = "real",
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -63,8 +65,11 @@ impl BatchStream {
         batch_step: i64,
         threads: i64,
         prefetch: i64,
+        facts: &str,
     ) -> PyResult<Self> {
-        let builder = row_builder(&world, sampling, seq_len, split, population, packing, seed)?;
+        let builder = row_builder(
+            &world, sampling, seq_len, split, population, packing, seed, facts,
+        )?;
         let schedule = Schedule {
             position: count("position", position, 0, i64::MAX)?,
             batch_size: count("batch_size", batch_size, 1, 1 << 24)?,
@@ -97,7 +102,7 @@ impl BatchStream {
 
 /// Builds the given global rows of a stream directly (no prefetching), on `threads` threads.
 #[pyfunction]
-#[pyo3(signature = (world, sampling, rows, seq_len, split = "train", population = "train", packing = "pad", seed = 0, threads = 1))]
+#[pyo3(signature = (world, sampling, rows, seq_len, split = "train", population = "train", packing = "pad", seed = 0, threads = 1, facts = "real"))]
 #[allow(clippy::too_many_arguments)]
 pub fn build_rows<'py>(
     py: Python<'py>,
@@ -110,8 +115,11 @@ pub fn build_rows<'py>(
     packing: &str,
     seed: i64,
     threads: i64,
+    facts: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let builder = row_builder(&world, sampling, seq_len, split, population, packing, seed)?;
+    let builder = row_builder(
+        &world, sampling, seq_len, split, population, packing, seed, facts,
+    )?;
     let threads = count("threads", threads, 1, 1024)? as usize;
     let batch = py.detach(|| -> PyResult<_> {
         let pool = rayon::ThreadPoolBuilder::new()

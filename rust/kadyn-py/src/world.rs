@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow::pyarrow::ToPyArrow;
-use kadyn_core::baseline::{no_knowledge_loss, uniform_no_knowledge_loss};
+use kadyn_core::baseline::{pool_entropy, statistics_only_loss, value_table_entropy};
 use kadyn_core::{
     eval_set, world_table, Attribute, PoolSizes, Population, Split, World as CoreWorld,
     WorldConfig, ATTRIBUTE_NAMES,
@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::{count, to_py};
+use crate::sampling::curriculum;
 
 #[pyclass(module = "kadyn", frozen, subclass)]
 pub struct World {
@@ -28,6 +29,7 @@ impl World {
         n_individuals = 1000, seed = 0, heldout = 0, new = 0,
         n_first_names = 900, n_last_names = 1000, n_cities = 800, n_universities = 200,
         n_majors = 100, n_companies = 500, year_min = 1900, year_max = 2100,
+        n_days = 31, n_months = 12,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
@@ -44,6 +46,8 @@ impl World {
         n_companies: i64,
         year_min: i64,
         year_max: i64,
+        n_days: i64,
+        n_months: i64,
     ) -> PyResult<Self> {
         let config = WorldConfig {
             n_individuals: count("n_individuals", n_individuals, 1, U32)? as u32,
@@ -59,6 +63,8 @@ impl World {
                 companies: count("n_companies", n_companies, 1, U32)? as u32,
                 year_min: count("year_min", year_min, 1, 9999)? as u32,
                 year_max: count("year_max", year_max, 1, 9999)? as u32,
+                days: count("n_days", n_days, 1, 31)? as u32,
+                months: count("n_months", n_months, 1, 12)? as u32,
             },
         };
         let world = py.detach(|| CoreWorld::new(config)).map_err(to_py)?;
@@ -267,41 +273,74 @@ impl World {
         batch.to_pyarrow(py)
     }
 
-    /// The no-knowledge baseline in nats per value: per attribute type and `"mean"`.
-    /// `distribution="empirical"` uses the population's own value frequencies (what a model can
-    /// learn), `"uniform"` the pools' sizes (an infinite world: the paper's ≈ 6.78 nats).
-    #[pyo3(signature = (population = "train", distribution = "empirical"))]
+    /// F, the statistics-only level the plateau sits at, in nats per value: per attribute type
+    /// and `"mean"`. The loss of the best predictor that knows the stream's value statistics under
+    /// `sampling` (a distribution, or a curriculum's phase at sample `at_sample`, default its last)
+    /// but not who has which value, averaged over the first `max_individuals` of `population`
+    /// (the individuals `eval_set` probes). Day, month and year of a birth date count as separate
+    /// fields; see `kadyn_core::baseline`.
+    #[pyo3(signature = (sampling = None, population = "train", max_individuals = None, at_sample = None))]
     fn no_knowledge_loss<'py>(
         &self,
         py: Python<'py>,
+        sampling: Option<&Bound<'py, PyAny>>,
         population: &str,
-        distribution: &str,
+        max_individuals: Option<i64>,
+        at_sample: Option<i64>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let pop = Population::parse(population).map_err(to_py)?;
-        let values = match distribution {
-            "empirical" => {
-                if self.inner.population_size(pop) == 0 {
-                    return Err(PyValueError::new_err(format!(
-                        "population {population:?} has 0 individuals; pass heldout=/new= to World"
-                    )));
-                }
-                no_knowledge_loss(&self.inner, pop)
-            }
-            "uniform" => uniform_no_knowledge_loss(&self.inner),
-            other => {
-                return Err(to_py(kadyn_core::KadynError::unknown(
-                    "distribution",
-                    other,
-                    &["empirical", "uniform"],
-                )))
-            }
+        let plan = match sampling {
+            Some(s) => curriculum(s)?,
+            None => kadyn_core::Curriculum::single(kadyn_core::Distribution::Uniform),
         };
-        let d = PyDict::new(py);
-        for attr in Attribute::ALL {
-            d.set_item(attr.name(), values[attr as usize])?;
+        let phase = match at_sample {
+            Some(k) => {
+                let k = count("at_sample", k, 0, i64::MAX)?;
+                let size = self.inner.population_size(pop).max(1) as u64;
+                kadyn_core::Sampler::new(plan.clone(), size)
+                    .map_err(to_py)?
+                    .phase(k)
+            }
+            None => plan.phases.len() - 1,
+        };
+        let probes = max_individuals
+            .map(|m| count("max_individuals", m, 1, i64::MAX))
+            .transpose()?
+            .map(|m| m as usize);
+        let values =
+            statistics_only_loss(&self.inner, &plan.phases[phase].0, pop, probes).map_err(to_py)?;
+        levels(py, values)
+    }
+
+    /// The entropy of each attribute's joint value distribution in `population` (nats): the floor
+    /// that memorising which value combinations exist reaches, below F at small N.
+    #[pyo3(signature = (population = "train"))]
+    fn value_table_entropy<'py>(
+        &self,
+        py: Python<'py>,
+        population: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let pop = Population::parse(population).map_err(to_py)?;
+        if self.inner.population_size(pop) == 0 {
+            return Err(PyValueError::new_err(format!(
+                "population {population:?} has 0 individuals; pass heldout=/new= to World"
+            )));
         }
-        d.set_item("mean", values.iter().sum::<f64>() / values.len() as f64)?;
-        Ok(d)
+        levels(py, value_table_entropy(&self.inner, pop))
+    }
+
+    /// ln(number of possible values) per attribute type: the level of an infinite world
+    /// (≈ 6.78 nats on average with the paper's pools).
+    fn pool_entropy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        levels(py, pool_entropy(&self.inner))
+    }
+
+    /// Name tokens (first, middle or last name) that occur in exactly one individual of the
+    /// population: each identifies its owner alone, a shortcut the paper's worlds do not offer.
+    #[pyo3(signature = (population = "train"))]
+    fn unique_name_tokens(&self, population: &str) -> PyResult<usize> {
+        let pop = Population::parse(population).map_err(to_py)?;
+        Ok(self.inner.unique_name_tokens(pop))
     }
 
     /// One row per individual of a population: index, name and the six values as text.
@@ -311,4 +350,14 @@ impl World {
         let batch = world_table(&self.inner, pop);
         batch.to_pyarrow(py)
     }
+}
+
+/// `{attribute: level, ..., "mean": level}`.
+fn levels(py: Python<'_>, values: [f64; kadyn_core::N_ATTRIBUTES]) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    for attr in Attribute::ALL {
+        d.set_item(attr.name(), values[attr as usize])?;
+    }
+    d.set_item("mean", values.iter().sum::<f64>() / values.len() as f64)?;
+    Ok(d)
 }
