@@ -72,6 +72,7 @@ def test_two_gloo_ranks(tmp_path: Path) -> None:
         "config.toml",
         "curves.png",
         "metrics.jsonl",
+        "summary.json",
     ]
 
     # The sharded, all-reduced evaluation equals one process evaluating every probe.

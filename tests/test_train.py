@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,6 +35,7 @@ from kadyn.config import (
 )
 from kadyn.evaluation import METRICS_SCHEMA, make_record
 from kadyn.model import GPT, ModelConfig
+from kadyn.phases import Phases
 from kadyn.plots import plot_curves
 from kadyn.train import (
     TrainState,
@@ -44,6 +46,7 @@ from kadyn.train import (
     summary_line,
     train,
 )
+from kadyn.twin import Twin
 
 from small_run import SMALL_RUN
 
@@ -217,17 +220,24 @@ def test_plot_curves(tmp_path) -> None:
         {
             "step": s,
             "no_knowledge/level": 4.0,
+            "no_knowledge/value_table_entropy": 3.8,
             "train/attr_loss": loss,
             "eval/attr_loss": loss,
             "heldout/attr_loss": loss,
             "train/attr_acc": 0.0,
             "eval/attr_acc": 0.0,
             "heldout/attr_acc": None,
+            "phase/plateau_start": 10.0,
+            "phase/plateau_end": 25.0,
+            "phase/knowledge_onset": 25.0,
         }
         for s, loss in [(0, 9.0), (10, 4.1), (20, 4.0), (30, 2.0)]
     ]
-    plot_curves(records, tmp_path / "c.png", plateau_start=10, plateau_end=30)
+    twin = Twin(runs=["a", "b"], steps=np.array([0.0, 30.0]), curves=np.array([[9, 4.0], [9, 4.2]]))
+    plot_curves(records, tmp_path / "c.png", twin=twin)
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot_curves(records[:1], tmp_path / "e.png", control=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     with pytest.raises(ValueError, match="at least one"):
         plot_curves([], tmp_path / "d.png")
 
@@ -262,9 +272,11 @@ def test_run_writes_outputs_and_finetune_starts_from_it(tmp_path) -> None:
             for m in metrics
         ],
         "no_knowledge/level",
+        "no_knowledge/value_table_entropy",
         "phase",
         "phase/plateau_start",
         "phase/plateau_end",
+        "phase/knowledge_onset",
         *sorted(TIMING),
     ]
     assert all(sorted(r) == sorted(expected) for r in records)
@@ -276,6 +288,7 @@ def test_run_writes_outputs_and_finetune_starts_from_it(tmp_path) -> None:
     assert 0 < records[-1]["heldout/confidence"] < 1
     assert summary["final"] == records[-1]
     assert summary["level"] == records[-1]["no_knowledge/level"]
+    assert json.loads((out / "summary.json").read_text())["final"] == records[-1]
     model, ckpt = load_model(out)
     assert isinstance(model, GPT)
     assert set(ckpt) == {
@@ -403,10 +416,14 @@ def test_summary_line_names_the_plateau() -> None:
         "heldout/attr_loss": 8.0,
     }
     base = {"final": final, "wall_s": 12.0}
-    line = summary_line({**base, "plateau_start": 300, "plateau_end": 550})
-    assert "plateau steps 300-550" in line and "(0.25x)" in line and "(2.00x)" in line
+    line = summary_line({**base, "plateau_start": 300.4, "plateau_end": 550.0, "plateau_evals": 5})
+    assert "plateau steps 300-550 (5 evals)" in line and "(0.25x)" in line and "(2.00x)" in line
     assert "not left" in summary_line({**base, "plateau_start": 300, "plateau_end": None})
     assert "no plateau" in summary_line({**base, "plateau_start": None, "plateau_end": None})
+    line = summary_line(
+        {**base, "plateau_start": None, "plateau_end": None, "knowledge_onset": 412.0}
+    )
+    assert "no plateau, knowledge from step 412" in line
     assert "held-out" not in summary_line(
         {
             **base,
@@ -447,10 +464,10 @@ def test_make_record_keys() -> None:
         lr=1e-3,
         train_loss=None,
         results={"eval": summary},
-        level=4.0,
-        phase=2,
-        plateau_start=4,
-        plateau_end=None,
+        levels={"no_knowledge/level": 4.0, "no_knowledge/value_table_entropy": 3.9},
+        phases=Phases(
+            phase=[1, 2], plateau_start=4.0, plateau_end=None, knowledge_onset=None, band=0.05
+        ),
         tokens_per_s=None,
         mfu=None,
         elapsed_s=1.5,
@@ -468,9 +485,11 @@ def test_make_record_keys() -> None:
         "eval/major/attr_acc": 0.0,
         "eval/major/confidence": 0.1,
         "no_knowledge/level": 4.0,
+        "no_knowledge/value_table_entropy": 3.9,
         "phase": 2,
-        "phase/plateau_start": 4,
+        "phase/plateau_start": 4.0,
         "phase/plateau_end": None,
+        "phase/knowledge_onset": None,
         "perf/tokens_per_s": None,
         "perf/mfu": None,
         "time/elapsed_s": 1.5,
@@ -484,3 +503,27 @@ def test_resumable_fields_may_change_on_resume() -> None:
     assert {"checkpoint_every", "keep_checkpoints", "threads"} <= RESUMABLE_FIELDS
     with pytest.raises(ValueError, match="--eval-every differs"):
         check_resumable(saved, dataclasses.replace(config, eval_every=5))
+
+
+def test_control_run_and_twin(tmp_path) -> None:
+    control = small_config(tmp_path / "control", steps=6, eval_every=3, control=True)
+    twin_summary = train(control)
+    assert twin_summary["control"] is True
+    # The control's curve is the measured no-knowledge level beside a real run.
+    records: list[dict] = []
+    summary = train(
+        small_config(tmp_path / "real", steps=6, eval_every=3, twin=str(tmp_path / "control")),
+        on_eval=lambda step, record, model: records.append(record),
+    )
+    twin_curve = [r["eval/attr_loss"] for r in read_records(tmp_path / "control")]
+    assert [r["twin/eval/attr_loss"] for r in records] == pytest.approx(twin_curve)
+    assert all(r["twin/eval/spread"] is None for r in records)  # one seed: no spread
+    assert summary["twin"] == [str(tmp_path / "control")]
+    assert set(summary["plateau_length_by_band"]) == {"0.05", "0.1", "0.2"}
+    # A twin must share the world and probes, and be a control run.
+    with pytest.raises(ValueError, match="--individuals is 24 there, 30 here"):
+        train(small_config(tmp_path / "x", individuals=30, twin=str(tmp_path / "control")))
+    with pytest.raises(ValueError, match="not a control run"):
+        train(small_config(tmp_path / "y", twin=str(tmp_path / "real")))
+    with pytest.raises(ValueError, match="--twin draws a control"):
+        small_config(tmp_path / "z", control=True, twin="a").validate()

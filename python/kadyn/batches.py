@@ -63,6 +63,8 @@ class TrainBatches:
                 sampling=make_sampling(config),
                 population=config.population,
                 seed=config.seed,
+                # The no-knowledge control: values independent of the names (kadyn-train --control).
+                facts="shuffled" if config.control else "real",
                 **common,
             )
         }

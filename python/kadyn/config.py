@@ -50,6 +50,12 @@ class TrainConfig:
     seed: int = _f(0, "seed of the initialisation and of the sample stream", "run", ge=0)
     progress: bool = _f(True, "show a tqdm progress bar", "run")
     compile: bool = _f(False, "torch.compile the model (CUDA)", "run")
+    twin: str = _f(
+        "",
+        "finished --control run(s), comma-separated: drawn beside this run, and the phases are "
+        "read as separation from their curve (band: their seed-to-seed range)",
+        "run",
+    )
     # --- world ---
     world_seed: int = _f(0, "seed of the world (who has which attributes, probes)", "world", ge=0)
     individuals: int = _f(800, "N: individuals in the training population", "world", ge=1)
@@ -63,6 +69,8 @@ class TrainConfig:
     n_companies: int = _f(100, "company pool size", "world", ge=1)
     year_min: int = _f(1950, "first birth year", "world", ge=0)
     year_max: int = _f(2000, "last birth year", "world", ge=0)
+    n_days: int = _f(31, "birth days 1..N (small worlds shrink the calendar)", "world", ge=1, le=31)
+    n_months: int = _f(12, "birth months: the first N of the year", "world", ge=1, le=12)
     # --- data ---
     population: str = _f("train", "population trained on", "data", choices=POPULATIONS)
     sampling: str = _f("uniform", "distribution over individuals", "data", choices=SAMPLINGS)
@@ -75,6 +83,12 @@ class TrainConfig:
         "curriculum: for this many biographies, then on all (--sampling curriculum)",
         "data",
         ge=0,
+    )
+    control: bool = _f(
+        False,
+        "train the no-knowledge control: each value drawn from the population independently of "
+        "the name (the stream's facts='shuffled'); its curve is the level F, measured",
+        "data",
     )
     replay_weight: float = _f(
         0.0,
@@ -116,6 +130,12 @@ class TrainConfig:
         False, "also keep checkpoint-<step>.pt files, not only the last one", "eval"
     )
     peak_tflops: float = _f(989.0, "accelerator peak (bf16 dense) for the MFU figure", "eval", gt=0)
+    plateau_band: float = _f(
+        0.05, "phase detector: plateau = loss within +-band x F (relative)", "eval", gt=0, lt=1
+    )
+    plateau_min_evals: int = _f(
+        3, "phase detector: in-band evals needed to call a flat stretch a plateau", "eval", ge=1
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the flag and the allowed range for the first bad field."""
@@ -179,6 +199,8 @@ class TrainConfig:
             raise ValueError("--resume needs --out DIR (the run to continue)")
         if self.resume and self.init_checkpoint:
             raise ValueError("--init-checkpoint cannot be combined with --resume")
+        if self.control and self.twin:
+            raise ValueError("--twin draws a control beside a real run; --control trains one")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,6 +218,7 @@ RESUMABLE_FIELDS = frozenset(
         "progress",
         "compile",
         "peak_tflops",
+        "twin",
         "checkpoint_every",
         "keep_checkpoints",
     }

@@ -16,7 +16,9 @@ A metrics.jsonl record is one flat dict with regular `{probe}/{metric}` and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -26,8 +28,10 @@ import kadyn
 from kadyn.config import TrainConfig
 from kadyn.metrics import knowledge_sums, summarize, top1_probability, value_scores
 from kadyn.model import GPT, next_token_targets
+from kadyn.phases import Phases
 from kadyn.runtime import Runtime, autocast
 
+METRICS = "metrics.jsonl"
 METRICS_SCHEMA = 2
 # Maps a batch of input ids to {layer: (B, H, T, T) pattern} for GPT's attention_override.
 AttentionSource = Callable[[torch.Tensor], dict]
@@ -135,15 +139,15 @@ def make_record(
     lr: float,
     train_loss: Optional[float],
     results: dict[str, dict],
-    level: float,
-    phase: int,
-    plateau_start: Optional[int],
-    plateau_end: Optional[int],
+    levels: dict[str, Optional[float]],
+    phases: Phases,
     tokens_per_s: Optional[float],
     mfu: Optional[float],
     elapsed_s: float,
 ) -> dict[str, Any]:
-    """One metrics.jsonl line; a probe the run does not have is absent, not null."""
+    """One metrics.jsonl line; a probe the run does not have is absent, not null. `levels` holds
+    `no_knowledge/level` (F), `no_knowledge/value_table_entropy` and, with a twin,
+    `twin/eval/attr_loss` and `twin/eval/spread`."""
     record: dict[str, Any] = {
         "schema": METRICS_SCHEMA,
         "step": step,
@@ -153,11 +157,27 @@ def make_record(
     }
     for probe, summary in results.items():
         record.update(probe_metrics(probe, summary))
-    record["no_knowledge/level"] = level
-    record["phase"] = phase
-    record["phase/plateau_start"] = plateau_start
-    record["phase/plateau_end"] = plateau_end
+    record.update(levels)
+    record["phase"] = phases.phase[-1]
+    record["phase/plateau_start"] = phases.plateau_start
+    record["phase/plateau_end"] = phases.plateau_end
+    record["phase/knowledge_onset"] = phases.knowledge_onset
     record["perf/tokens_per_s"] = tokens_per_s
     record["perf/mfu"] = mfu
     record["time/elapsed_s"] = elapsed_s
     return record
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of metrics.jsonl; a last line cut short by a killed run is dropped."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return records

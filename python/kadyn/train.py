@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import kadyn
-from kadyn.batches import TrainBatches
+from kadyn.batches import TrainBatches, make_sampling
 from kadyn.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -48,17 +48,25 @@ from kadyn.checkpoint import (
     save_checkpoint,
 )
 from kadyn.config import RESUMABLE_FIELDS, TrainConfig, flag_name, parse_args, to_toml
-from kadyn.evaluation import AttentionSource, Probe, build_probes, evaluate, make_record
+from kadyn.evaluation import (
+    METRICS,
+    AttentionSource,
+    Probe,
+    build_probes,
+    evaluate,
+    make_record,
+    read_metrics,
+)
 from kadyn.fileio import atomic_write_text
 from kadyn.model import GPT, ModelConfig, next_token_targets
-from kadyn.phases import Phases, detect_phases
+from kadyn.phases import Phases, band_sensitivity, detect_phases
 from kadyn.plots import plot_curves
 from kadyn.runtime import Runtime, autocast, setup_runtime
+from kadyn.twin import Twin, load_twin
 
 EvalCallback = Callable[[int, dict, GPT], None]
 StepCallback = Callable[[int, dict, GPT], None]
 
-METRICS = "metrics.jsonl"
 PLOT_EVERY_EVALS = 10
 
 
@@ -76,7 +84,7 @@ class Stateful(Protocol):
 class TrainState:
     """What the loop carries besides model, optimizer, scheduler and data; checkpointed whole."""
 
-    level: float  # the no-knowledge level F the phases are detected against
+    level: float  # the statistics-only level F (World.no_knowledge_loss under the run's sampling)
     loss_sum: torch.Tensor  # float64, 0-dim, on the device: summed step losses since the last eval
     step: int = 0
     eval_steps: list[int] = field(default_factory=list)
@@ -133,9 +141,25 @@ class TrainState:
         self.level = float(state["level"])
 
 
-def current_phases(state: TrainState) -> Phases:
-    """Phases of the eval-probe loss history so far (the one call of the detector)."""
-    return detect_phases(state.eval_steps, state.eval_losses, state.level)
+def current_phases(
+    state: TrainState, config: TrainConfig, twin: Optional[Twin], band: Optional[float] = None
+) -> Phases:
+    """Phases of the eval-probe history so far (the one call of the detector). Against the twin's
+    curve when there is one (band: its seed-to-seed range, or +-band of it with a single seed),
+    else against F."""
+    level: Any = state.level
+    half_width = None
+    if twin is not None:
+        level, half_width = twin.at(state.eval_steps)
+    return detect_phases(
+        state.eval_steps,
+        state.eval_losses,
+        level,
+        state.eval_accs,
+        band=config.plateau_band if band is None else band,
+        half_width=half_width,
+        min_evals=config.plateau_min_evals,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,6 +180,8 @@ def build_world(config: TrainConfig) -> Any:
         n_companies=config.n_companies,
         year_min=config.year_min,
         year_max=config.year_max,
+        n_days=config.n_days,
+        n_months=config.n_months,
     )
     # Probes are always one padded biography per row, so every biography must fit.
     if config.seq_len < world.max_biography_tokens:
@@ -166,15 +192,17 @@ def build_world(config: TrainConfig) -> Any:
     return world
 
 
-def no_knowledge_level(world: Any, config: TrainConfig, runtime: Runtime) -> float:
-    level = float(world.no_knowledge_loss(population=config.population)["mean"])
-    if runtime.world_size > 1:
-        # The engine's sum is parallel (last bit may vary): every rank takes rank 0's value so
-        # that phases, records and the checkpoint agree.
-        shared = torch.tensor([level], dtype=torch.float64, device=runtime.device)
-        dist.broadcast(shared, src=0)
-        level = shared.item()
-    return level
+def no_knowledge_levels(world: Any, config: TrainConfig) -> dict[str, float]:
+    """F for the eval probes under the run's sampling (a curriculum's last, open-ended phase,
+    where its plateau lies) and the value-table entropy, the floor of memorising the population's
+    value combinations. Both are sequential sums in the engine: the same bits on every rank."""
+    level = world.no_knowledge_loss(
+        make_sampling(config),
+        population=config.population,
+        max_individuals=config.eval_individuals,
+    )["mean"]
+    floor = world.value_table_entropy(config.population)["mean"]
+    return {"no_knowledge/level": level, "no_knowledge/value_table_entropy": floor}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,17 +240,24 @@ def run_eval(
     config: TrainConfig,
     runtime: Runtime,
     attention_source: Optional[AttentionSource],
+    twin: Optional[Twin],
+    floor: float,
     *,
     lr: float,
     perf: tuple[Optional[float], Optional[float]],
     t_start: float,
 ) -> dict[str, Any]:
     """Evaluate at `state.step`: record the eval in `state`, close the training-loss window,
-    and return the metrics record. `perf` is (tokens/s, MFU) since the previous eval."""
+    and return the metrics record. `perf` is (tokens/s, MFU) since the previous eval; `floor` the
+    value-table entropy."""
     results = evaluate(model, probes, config, world, runtime, attention_source)
     train_loss = state.take_train_loss(runtime.world_size)
     state.record_eval(state.step, results["eval"]["loss"], results["eval"]["acc"])
-    phases = current_phases(state)
+    levels = {"no_knowledge/level": state.level, "no_knowledge/value_table_entropy": floor}
+    if twin is not None:
+        reference, half_width = twin.at([state.step])
+        levels["twin/eval/attr_loss"] = reference[0]
+        levels["twin/eval/spread"] = None if half_width is None else half_width[0]
     tokens_per_s, mfu = perf
     return make_record(
         step=state.step,
@@ -230,10 +265,8 @@ def run_eval(
         lr=lr,
         train_loss=train_loss,
         results=results,
-        level=state.level,
-        phase=phases.phase[-1],
-        plateau_start=phases.plateau_start,
-        plateau_end=phases.plateau_end,
+        levels=levels,
+        phases=current_phases(state, config, twin),
         tokens_per_s=tokens_per_s,
         mfu=mfu,
         elapsed_s=time.perf_counter() - t_start,
@@ -257,6 +290,7 @@ def publish(
     config: TrainConfig,
     runtime: Runtime,
     log: Callable[[str], None],
+    twin: Optional[Twin],
 ) -> None:
     """Keep the record (every rank); rank 0 appends it to metrics.jsonl, plots and logs it."""
     records.append(record)
@@ -265,9 +299,7 @@ def publish(
     with (out / METRICS).open("a") as f:
         f.write(json.dumps(record) + "\n")
     if len(records) % PLOT_EVERY_EVALS == 0 or record["step"] == config.steps:
-        plot_curves(
-            records, out / "curves.png", record["phase/plateau_start"], record["phase/plateau_end"]
-        )
+        plot_curves(records, out / "curves.png", twin=twin, control=config.control)
     tokens_per_s, mfu = record["perf/tokens_per_s"], record["perf/mfu"]
     speed = f" | {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
     speed += f" | MFU {mfu:.1%}" if mfu is not None else ""
@@ -317,21 +349,6 @@ def restore_run(ckpt: dict[str, Any], states: dict[str, Stateful], device: torch
     set_rng_state(ckpt["rng"], device)
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of metrics.jsonl; a last line cut short by a killed run is dropped."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
-    return records
-
-
 def truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
     """Drop records a killed run wrote after its last checkpoint; they will be recomputed."""
     records = [r for r in read_metrics(path) if r["step"] <= last_step]
@@ -355,7 +372,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def default_out(config: TrainConfig) -> str:
-    return str(Path("runs") / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    kind = f"{config.preset}-control" if config.control else config.preset
+    return str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -365,12 +383,14 @@ def summary_line(summary: dict[str, Any]) -> str:
     held = final.get("heldout/attr_loss")
     held_text = "" if held is None else f" | held-out loss {held:.3f} ({held / level:.2f}x)"
     start, end = summary["plateau_start"], summary["plateau_end"]
+    onset = summary.get("knowledge_onset")
     if start is None:
-        plateau = "no plateau reached"
+        plateau = "no plateau"
+        plateau += f", knowledge from step {onset:.0f}" if onset is not None else ""
     elif end is None:
-        plateau = f"plateau from step {start}, not left"
+        plateau = f"plateau from step {start:.0f}, not left"
     else:
-        plateau = f"plateau steps {start}-{end}"
+        plateau = f"plateau steps {start:.0f}-{end:.0f} ({summary.get('plateau_evals')} evals)"
     return (
         f"done: {plateau} | "
         f"final eval attr loss {loss:.3f} vs no-knowledge level {level:.3f} "
@@ -421,12 +441,15 @@ def _train(
     if not config.resume and metrics_path.exists():
         raise ValueError(f"--out {out} already holds a run; pass --resume or choose another --out")
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if runtime.is_main else (lambda msg: None)
+    twin = load_twin(config.twin, config) if config.twin else None
 
     # --- world and data ---
     world = build_world(config)
     data = TrainBatches(world, config, runtime)
     probes = build_probes(world, config, runtime)
-    state = TrainState.start(no_knowledge_level(world, config, runtime), device)
+    levels = no_knowledge_levels(world, config)
+    state = TrainState.start(levels["no_knowledge/level"], device)
+    floor = levels["no_knowledge/value_table_entropy"]
 
     # --- model and optimizer ---
     torch.manual_seed(config.seed)
@@ -525,13 +548,13 @@ def _train(
     tokens_per_step = config.batch_size * config.seq_len
     # Every rank keeps the (identical, all-reduced) records; only rank 0 writes them.
     records = read_metrics(metrics_path) if config.resume and runtime.is_main else []
-    eval_args = (raw_model, probes, world, config, runtime, attention_source)
+    eval_args = (raw_model, probes, world, config, runtime, attention_source, twin, floor)
 
     checkpoint_every = config.checkpoint_every or config.eval_every
     if state.step == 0:
         lr = scheduler.get_last_lr()[0]
         record = run_eval(state, *eval_args, lr=lr, perf=(None, None), t_start=t_start)
-        publish(record, records, out, config, runtime, log)
+        publish(record, records, out, config, runtime, log, twin)
         if on_eval is not None:
             on_eval(state.step, record, raw_model)
     model.train()
@@ -568,7 +591,7 @@ def _train(
             seconds = max(train_seconds + time.perf_counter() - t0, 1e-9)
             bar.set_postfix(
                 loss=f"{loss.item():.3f}",
-                phase=current_phases(state).phase[-1] if state.eval_steps else 1,
+                phase=current_phases(state, config, twin).phase[-1] if state.eval_steps else 1,
                 tok_s=f"{steps_timed * tokens_per_step / seconds:,.0f}",
             )
         bar.update(1)
@@ -579,7 +602,7 @@ def _train(
             perf = throughput(steps_timed, train_seconds, tokens_per_step, flops_per_step, peak)
             lr = scheduler.get_last_lr()[0]
             record = run_eval(state, *eval_args, lr=lr, perf=perf, t_start=t_start)
-            publish(record, records, out, config, runtime, log)
+            publish(record, records, out, config, runtime, log, twin)
             if on_eval is not None:
                 on_eval(step, record, raw_model)
             train_seconds, steps_timed = 0.0, 0
@@ -591,22 +614,49 @@ def _train(
             t0 += time.perf_counter() - t_save  # saving is not training time
     bar.close()
 
-    phases = current_phases(state)
     final = records[-1] if records else None
     summary = {
         "out": str(out),
         "steps": config.steps,
+        "control": config.control,
+        "twin": twin.runs if twin is not None else None,
         "level": state.level,
-        "plateau_start": phases.plateau_start,
-        "plateau_end": phases.plateau_end,
+        "value_table_entropy": floor,
+        **phase_summary(state, config, twin),
         "final": final,
         "wall_s": time.perf_counter() - t_start,
         "parameters": n_params,
         "parameters_without_embeddings": n_body,
     }
     if runtime.is_main and final is not None:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
         log(summary_line(summary))
     return summary
+
+
+def phase_summary(state: TrainState, config: TrainConfig, twin: Optional[Twin]) -> dict[str, Any]:
+    """The detected phases at the run's band, and the plateau length at 5/10/20% bands (the
+    detector's sensitivity; against F, or the twin's curve when there is one)."""
+    phases = current_phases(state, config, twin)
+    level: Any = twin.at(state.eval_steps)[0] if twin is not None else state.level
+    sensitivity = band_sensitivity(
+        state.eval_steps,
+        state.eval_losses,
+        level,
+        state.eval_accs,
+        min_evals=config.plateau_min_evals,
+    )
+    return {
+        "plateau_start": phases.plateau_start,
+        "plateau_end": phases.plateau_end,
+        "knowledge_onset": phases.knowledge_onset,
+        "plateau_length": phases.plateau_length,
+        "plateau_evals": phases.plateau_evals,
+        "plateau_max_deviation": phases.max_deviation,
+        "plateau_max_accuracy": phases.max_accuracy,
+        "plateau_band": config.plateau_band,
+        "plateau_length_by_band": {f"{b:g}": p.plateau_length for b, p in sensitivity.items()},
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,175 @@
+"""The three phases, measured: the default run against the statistics-only level F and its twin.
+
+Not a test (it trains for tens of minutes): the measurement behind the README's description of the
+default run and behind the phases issue's acceptance figures. It trains
+
+- the default preset (`tiny`) on 3 seeds, and its no-knowledge control (`--control`) on 3 seeds;
+- N = 256 and N = 1024 (the preset otherwise), one real run and one control each;
+
+then reports, per real run: F and the value-table entropy; the plateau detected against F (start,
+end, length, evals, max |loss - F| / F and max accuracy inside it, length at bands 5/10/20%); the
+twin's mean over that plateau window and at the end, relative to F; knowledge onset read against
+the twin (real curve below the twins' mean by more than their seed-to-seed range); final
+accuracy, held-out loss against F, and wall time. Runs are cached: a rerun skips finished ones.
+
+    python benches/phases.py --out runs/phases            # everything, 2 one-thread runs at a time
+    python benches/phases.py --out runs/phases --jobs 1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from kadyn.config import load_config_file
+from kadyn.evaluation import read_metrics
+from kadyn.phases import detect_phases
+from kadyn.twin import load_twin
+
+SEEDS = (0, 1, 2)
+EXTRA_N = (256, 1024)
+
+
+def run(out: Path, threads: int, flags: list[str]) -> Path:
+    """Train one run into `out` with `kadyn-train` (skipped when its summary.json exists)."""
+    if (out / "summary.json").exists():
+        return out
+    if out.exists():  # an interrupted run: continue it
+        flags = [*flags, "--resume"]
+    cmd = [sys.executable, "-m", "kadyn.train", "--out", str(out), "--threads", str(threads)]
+    cmd += ["--no-progress", *flags]
+    with (out.parent / f"{out.name}.log").open("w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return out
+
+
+def window_mean(steps, curve, lo: float, hi: float) -> float:
+    grid = np.linspace(lo, hi, 50)
+    return float(np.interp(grid, steps, curve).mean())
+
+
+def measure(real: Path, twins: list[Path]) -> dict[str, Any]:
+    summary = json.loads((real / "summary.json").read_text())
+    records = read_metrics(real / "metrics.jsonl")
+    config = load_config_file(real / "config.toml")
+    steps = [r["step"] for r in records]
+    losses = [r["eval/attr_loss"] for r in records]
+    accs = [r["eval/attr_acc"] for r in records]
+    level = summary["level"]
+    twin = load_twin(",".join(map(str, twins)), config)
+    reference, half_width = twin.at(steps)
+    final = summary["final"]
+    out: dict[str, Any] = {
+        "run": str(real),
+        "individuals": config.individuals,
+        "seed": config.seed,
+        "F": level,
+        "value_table_entropy": summary["value_table_entropy"],
+        "plateau_start": summary["plateau_start"],
+        "plateau_end": summary["plateau_end"],
+        "plateau_length": summary["plateau_length"],
+        "plateau_evals": summary["plateau_evals"],
+        "plateau_max_deviation": summary["plateau_max_deviation"],
+        "plateau_max_accuracy": summary["plateau_max_accuracy"],
+        "plateau_length_by_band": summary["plateau_length_by_band"],
+        "knowledge_onset": summary["knowledge_onset"],
+        "twin_seeds": twin.seeds,
+        "twin_end_vs_F": float(twin.mean[-1] / level - 1),
+        "final_eval_acc": final["eval/attr_acc"],
+        "final_eval_loss": final["eval/attr_loss"],
+        "final_heldout_loss": final.get("heldout/attr_loss"),
+        "wall_s": summary["wall_s"],
+    }
+    start, end = summary["plateau_start"], summary["plateau_end"]
+    if start is not None and end is not None:
+        out["twin_window_vs_F"] = window_mean(twin.steps, twin.mean, start, end) / level - 1
+        deviations = [
+            abs(np.interp(s, twin.steps, twin.mean) / level - 1) for s in steps if start <= s <= end
+        ]
+        out["twin_window_max_vs_F"] = float(max(deviations)) if deviations else None
+        out["plateau_fraction_of_onset"] = (end - start) / end
+    against_twin = detect_phases(steps, losses, reference, accs, half_width=half_width)
+    out["twin_detector"] = {
+        "plateau_start": against_twin.plateau_start,
+        "plateau_end": against_twin.plateau_end,
+        "knowledge_onset": against_twin.knowledge_onset,
+        "half_width_max": None if half_width is None else float(max(half_width)),
+    }
+    return out
+
+
+def fmt(x: Optional[float], spec: str = ".0f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| run | N | seed | F | twin vs F (window / max / end) | plateau (start–end, evals) | "
+        "max dev | max acc | plateau / T_k | length at 5/10/20% | onset vs twin | final acc | "
+        "held-out − F | wall s |"
+    )
+    lines = [head, "|" + " --- |" * 14]
+    for r in rows:
+        b = r["plateau_length_by_band"]
+        lines.append(
+            f"| {Path(r['run']).name} | {r['individuals']} | {r['seed']} | {r['F']:.3f} | "
+            f"{fmt(r.get('twin_window_vs_F'), '+.1%')} / {fmt(r.get('twin_window_max_vs_F'), '.1%')}"
+            f" / {r['twin_end_vs_F']:+.1%} | "
+            f"{fmt(r['plateau_start'])}–{fmt(r['plateau_end'])} ({r['plateau_evals']}) | "
+            f"{fmt(r['plateau_max_deviation'], '.1%')} | {fmt(r['plateau_max_accuracy'], '.3f')} | "
+            f"{fmt(r.get('plateau_fraction_of_onset'), '.0%')} | "
+            f"{' / '.join(fmt(b[k]) for k in ('0.05', '0.1', '0.2'))} | "
+            f"{fmt(r['twin_detector']['knowledge_onset'])} | {r['final_eval_acc']:.3f} | "
+            f"{fmt((r['final_heldout_loss'] or 0) - r['F'], '+.2f')} | {r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def path(kind: str, n: Optional[int], seed: int) -> Path:
+        return args.out / f"{kind}-{'tiny' if n is None else f'n{n}'}-s{seed}"
+
+    def flags(n: Optional[int], seed: int) -> list[str]:
+        return ["--seed", str(seed)] + ([] if n is None else ["--individuals", str(n)])
+
+    controls = [(None, s) for s in SEEDS] + [(n, 0) for n in EXTRA_N]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(
+            pool.map(
+                lambda c: run(path("control", *c), args.threads, [*flags(*c), "--control"]),
+                controls,
+            )
+        )
+        reals = [(None, s) for s in SEEDS] + [(n, 0) for n in EXTRA_N]
+
+        def train_real(c: tuple[Optional[int], int]) -> Path:
+            n, _ = c
+            twins = [path("control", n, s) for s in (SEEDS if n is None else (0,))]
+            twin = ",".join(map(str, twins))
+            return run(path("real", *c), args.threads, [*flags(*c), "--twin", twin])
+
+        list(pool.map(train_real, reals))
+    rows = []
+    for n, seed in reals:
+        twins = [path("control", n, s) for s in (SEEDS if n is None else (0,))]
+        rows.append(measure(path("real", n, seed), twins))
+    (args.out / "phases.json").write_text(json.dumps(rows, indent=1))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
