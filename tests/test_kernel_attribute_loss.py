@@ -249,3 +249,20 @@ def test_gpu_auto_uses_triton() -> None:
     kernel = attribute_loss(hidden, weight, targets, backend="triton")
     for a, b in zip(auto, kernel):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["torch", pytest.param("triton", marks=[pytest.mark.interpreter, needs_kernel])],
+)
+@pytest.mark.parametrize(("tokens", "ignored"), [(40, 0.3), (12, 1.0), (0, 0.3)])
+def test_loss_without_token_stats(backend: str, tokens: int, ignored: float) -> None:
+    """token_stats=False (the training step): the same loss and gradients, no per-token outputs."""
+    hidden, weight, targets = _inputs(tokens, 300, 16, ignored=ignored)
+    loss, ce, correct, gh, gw = _run(
+        attribute_loss, hidden, weight, targets, backend=backend, token_stats=False
+    )
+    assert ce is None and correct is None
+    ref_loss, _, _, ref_gh, ref_gw = _run(attribute_loss_reference, hidden, weight, targets)
+    assert _max_err(loss, ref_loss) < TOL
+    assert _max_err(gh, ref_gh) < TOL and _max_err(gw, ref_gw) < TOL

@@ -60,6 +60,10 @@ def test_forward_matches_logits_path(tie: bool) -> None:
     argmax_right = (logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)
     assert torch.equal(out.token_correct, argmax_right)
     assert out.attention is None
+    # The training step's loss alone: the same number, no per-token outputs.
+    lean = model(ids, targets, token_stats=False)
+    assert lean.token_ce is None and lean.token_correct is None
+    assert torch.allclose(lean.loss, out.loss, atol=1e-6)
 
 
 def test_causal() -> None:

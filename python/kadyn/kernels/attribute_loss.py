@@ -22,6 +22,8 @@ that only a handful of bf16 roundings add up.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -254,9 +256,22 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
+def attribute_loss_only_reference(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """The reference's loss alone (no per-token outputs, no argmax): the CPU training step's."""
+    logits = F.linear(hidden, weight).float()
+    total = F.cross_entropy(logits, targets.long(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
 def attribute_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, backend: str = "auto"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    backend: str = "auto",
+    token_stats: bool = True,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Cross-entropy of `hidden @ weight.T` against `targets`, without materialising the logits.
 
     hidden (tokens, d), weight (vocab, d), targets (tokens,) integer with -100 = ignore. Returns
@@ -267,6 +282,10 @@ def attribute_loss(
 
     backend: "triton" runs the fused kernel (CUDA tensors, or CPU tensors when TRITON_INTERPRET=1),
     "torch" runs `attribute_loss_reference`, "auto" picks Triton on CUDA, the reference elsewhere.
+
+    token_stats=False returns (loss, None, None): what a training step needs. The torch backend then
+    skips the per-token outputs and the argmax (a plain summed `F.cross_entropy`; the same loss up to
+    float rounding); the Triton kernel computes them in the same pass anyway and they are dropped.
     """
     _validate(hidden, weight, targets)
     use = resolve_backend(backend, hidden.device, _INTERPRETED, "attribute_loss")
@@ -274,9 +293,12 @@ def attribute_loss(
     dtype = _compute_dtype(hidden, weight)
     hidden, weight = hidden.to(dtype), weight.to(dtype)
     if use == "torch":
+        if not token_stats:
+            return attribute_loss_only_reference(hidden, weight, targets), None, None
         return attribute_loss_reference(hidden, weight, targets)
     targets = targets.contiguous()
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _FusedAttributeLoss.apply(hidden, weight, targets)
-    loss, token_ce, correct, _, _ = _fused_forward(hidden, weight, targets, False, False)
-    return loss, token_ce, correct
+        loss, token_ce, correct = _FusedAttributeLoss.apply(hidden, weight, targets)
+    else:
+        loss, token_ce, correct, _, _ = _fused_forward(hidden, weight, targets, False, False)
+    return (loss, token_ce, correct) if token_stats else (loss, None, None)
