@@ -173,3 +173,49 @@ def test_unique_name_tokens_counts_single_owners() -> None:
         owners["last", last].add(i)
     expected = sum(len(who) == 1 for who in owners.values())
     assert world.unique_name_tokens() == expected > 0
+
+
+def _plan_sizes(scale) -> set[int]:
+    """Every training-population size a scale's plans use."""
+    sizes = set(scale.plateau.individuals) | set(scale.alpha.individuals)
+    sizes |= set(scale.warmup.individuals)
+    sizes |= {scale.hallucination.individuals, scale.finetune.individuals}
+    sizes |= {scale.patching.individuals}
+    return sizes
+
+
+def _cpu_worlds():
+    from kadyn.config import make_config
+    from kadyn.experiments.scales import CPU
+
+    tiny = make_config("tiny")
+    yield "tiny", tiny.individuals, tiny, tiny.eval_individuals
+    for n in sorted(_plan_sizes(CPU)):
+        yield "cpu", n, make_config("tiny", **{**CPU.base, "individuals": n}), CPU.eval_cap
+
+
+@pytest.mark.parametrize("world_seed", [0, 1, 2])
+def test_cpu_worlds_leave_no_room_between_the_levels(world_seed: int) -> None:
+    """The default preset's and the CPU suite's worlds are chosen so that no definition of the
+    no-knowledge level can move the plateau: F, the value-table entropy and the infinite-world
+    level agree within 3%, and no name token identifies a person on its own."""
+    for where, n, config, probes in _cpu_worlds():
+        world = kadyn.World(
+            n_individuals=n,
+            seed=world_seed,
+            heldout=config.heldout,
+            n_first_names=config.n_first_names,
+            n_last_names=config.n_last_names,
+            n_cities=config.n_cities,
+            n_universities=config.n_universities,
+            n_majors=config.n_majors,
+            n_companies=config.n_companies,
+            year_min=config.year_min,
+            year_max=config.year_max,
+            n_days=config.n_days,
+            n_months=config.n_months,
+        )
+        f = world.no_knowledge_loss(max_individuals=probes)["mean"]
+        joint = world.value_table_entropy()["mean"]
+        assert abs(f - joint) / f < 0.03, (where, n, f, joint)
+        assert world.unique_name_tokens() == 0, (where, n)

@@ -133,7 +133,7 @@ def test_flags_override_the_preset() -> None:
         (["--preset", "huge"], "--preset must be one of paper, tiny, got 'huge'"),
         (["--d-model", "100", "--n-heads", "4"], "--d-model must be a multiple of 2 * --n-heads"),
         (["--d-model", "64", "--n-heads", "8"], "--d-model / --n-heads must be in 16..128"),
-        (["--sampling", "curriculum"], "--warmup-individuals must be in [1, 800]"),
+        (["--sampling", "curriculum"], "--warmup-individuals must be in [1, 1024]"),
         (["--replay-weight", "1"], "--replay-weight needs --population new"),
         (["--resume"], "--resume needs --out DIR"),
         (["--seq-len", "40"], "--seq-len must be >= 97"),
