@@ -9,6 +9,7 @@ date's fields against what a language model would actually meet.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter, defaultdict
 
@@ -17,6 +18,7 @@ import pytest
 from scipy import stats
 
 import kadyn
+from kadyn.train import build_world
 
 POOLS = dict(
     n_first_names=12,
@@ -200,21 +202,7 @@ def test_cpu_worlds_leave_no_room_between_the_levels(world_seed: int) -> None:
     no-knowledge level can move the plateau: F, the value-table entropy and the infinite-world
     level agree within 3%, and no name token identifies a person on its own."""
     for where, n, config, probes in _cpu_worlds():
-        world = kadyn.World(
-            n_individuals=n,
-            seed=world_seed,
-            heldout=config.heldout,
-            n_first_names=config.n_first_names,
-            n_last_names=config.n_last_names,
-            n_cities=config.n_cities,
-            n_universities=config.n_universities,
-            n_majors=config.n_majors,
-            n_companies=config.n_companies,
-            year_min=config.year_min,
-            year_max=config.year_max,
-            n_days=config.n_days,
-            n_months=config.n_months,
-        )
+        world = build_world(dataclasses.replace(config, world_seed=world_seed))
         f = world.no_knowledge_loss(max_individuals=probes)["mean"]
         joint = world.value_table_entropy()["mean"]
         assert abs(f - joint) / f < 0.03, (where, n, f, joint)

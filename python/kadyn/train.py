@@ -141,22 +141,23 @@ class TrainState:
         self.level = float(state["level"])
 
 
-def current_phases(
-    state: TrainState, config: TrainConfig, twin: Optional[Twin], band: Optional[float] = None
-) -> Phases:
-    """Phases of the eval-probe history so far (the one call of the detector). Against the twin's
-    curve when there is one (band: its seed-to-seed range, or +-band of it with a single seed),
-    else against F."""
-    level: Any = state.level
-    half_width = None
-    if twin is not None:
-        level, half_width = twin.at(state.eval_steps)
+def phase_reference(state: TrainState, twin: Optional[Twin]) -> tuple[Any, Optional[list[float]]]:
+    """What the phases are read against at each eval: F, or the twin's mean curve with its
+    seed-to-seed range as the band's half-width (None with one twin seed: +-band then)."""
+    if twin is None:
+        return state.level, None
+    return twin.at(state.eval_steps)
+
+
+def current_phases(state: TrainState, config: TrainConfig, twin: Optional[Twin]) -> Phases:
+    """Phases of the eval-probe history so far (the one call of the detector)."""
+    level, half_width = phase_reference(state, twin)
     return detect_phases(
         state.eval_steps,
         state.eval_losses,
         level,
         state.eval_accs,
-        band=config.plateau_band if band is None else band,
+        band=config.plateau_band,
         half_width=half_width,
         min_evals=config.plateau_min_evals,
     )
@@ -645,7 +646,7 @@ def phase_summary(state: TrainState, config: TrainConfig, twin: Optional[Twin]) 
     """The detected phases at the run's band, and the plateau length at 5/10/20% bands (the
     detector's sensitivity; against F, or the twin's curve when there is one)."""
     phases = current_phases(state, config, twin)
-    level: Any = twin.at(state.eval_steps)[0] if twin is not None else state.level
+    level, _ = phase_reference(state, twin)
     sensitivity = band_sensitivity(
         state.eval_steps,
         state.eval_losses,
