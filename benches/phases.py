@@ -97,6 +97,17 @@ def measure(real: Path, twins: list[Path]) -> dict[str, Any]:
         ]
         out["twin_window_max_vs_F"] = float(max(deviations)) if deviations else None
         out["plateau_fraction_of_onset"] = (end - start) / end
+    onset = summary["knowledge_onset"]
+    if onset is not None:
+        # The detector's lag: from the loss's last crossing of F itself before the onset (where it
+        # starts to leave F) to the onset at the band's lower edge.
+        crossed = None
+        for (s0, l0), (s1, l1) in zip(zip(steps, losses), zip(steps[1:], losses[1:])):
+            if s1 > onset:
+                break
+            if l0 >= level > l1:
+                crossed = s0 + (l0 - level) / (l0 - l1) * (s1 - s0)
+        out["onset_lag_from_F"] = None if crossed is None else onset - crossed
     against_twin = detect_phases(steps, losses, reference, accs, half_width=half_width)
     out["twin_detector"] = {
         "plateau_start": against_twin.plateau_start,
@@ -114,10 +125,10 @@ def fmt(x: Optional[float], spec: str = ".0f") -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| run | N | seed | F | twin vs F (window / max / end) | plateau (start–end, evals) | "
-        "max dev | max acc | plateau / T_k | length at 5/10/20% | onset vs twin | final acc | "
-        "held-out − F | wall s |"
+        "max dev | max acc | plateau / T_k | length at 5/10/20% | lag from F | onset vs twin | "
+        "final acc | held-out − F | wall s |"
     )
-    lines = [head, "|" + " --- |" * 14]
+    lines = [head, "|" + " --- |" * 15]
     for r in rows:
         b = r["plateau_length_by_band"]
         lines.append(
@@ -128,6 +139,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{fmt(r['plateau_max_deviation'], '.1%')} | {fmt(r['plateau_max_accuracy'], '.3f')} | "
             f"{fmt(r.get('plateau_fraction_of_onset'), '.0%')} | "
             f"{' / '.join(fmt(b[k]) for k in ('0.05', '0.1', '0.2'))} | "
+            f"{fmt(r.get('onset_lag_from_F'))} | "
             f"{fmt(r['twin_detector']['knowledge_onset'])} | {r['final_eval_acc']:.3f} | "
             f"{fmt((r['final_heldout_loss'] or 0) - r['F'], '+.2f')} | {r['wall_s']:.0f} |"
         )

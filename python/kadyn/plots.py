@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from kadyn.fileio import atomic_write_bytes
 
@@ -115,6 +116,9 @@ def plot_curves(
             floor, color="black", ls=":", lw=1, label=f"value-table entropy {floor:.2f}"
         )
     ax_loss.set_yscale("log")
+    ax_loss.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax_loss.yaxis.set_minor_formatter(NullFormatter())
     ax_loss.set_ylabel("attribute loss (nats per value, log scale)")
     ax_loss.legend(fontsize=8)
     for probe, label in PROBE_LABELS:
