@@ -31,7 +31,7 @@ import numpy as np
 
 from kadyn.config import load_config_file
 from kadyn.evaluation import read_metrics
-from kadyn.phases import detect_phases
+from kadyn.phases import band_sensitivity, detect_phases
 from kadyn.twin import load_twin
 
 SEEDS = (0, 1, 2)
@@ -68,20 +68,27 @@ def measure(real: Path, twins: list[Path]) -> dict[str, Any]:
     twin = load_twin(",".join(map(str, twins)), config)
     reference, half_width = twin.at(steps)
     final = summary["final"]
+    # The run itself read its phases against the twin (it was given --twin); here they are read
+    # against F too, with the trainer's default rule.
+    against_f = detect_phases(
+        steps, losses, level, accs, band=config.plateau_band, min_evals=config.plateau_min_evals
+    )
+    by_band = band_sensitivity(steps, losses, level, accs, min_evals=config.plateau_min_evals)
+    start, end, onset = against_f.plateau_start, against_f.plateau_end, against_f.knowledge_onset
     out: dict[str, Any] = {
         "run": str(real),
         "individuals": config.individuals,
         "seed": config.seed,
         "F": level,
         "value_table_entropy": summary["value_table_entropy"],
-        "plateau_start": summary["plateau_start"],
-        "plateau_end": summary["plateau_end"],
-        "plateau_length": summary["plateau_length"],
-        "plateau_evals": summary["plateau_evals"],
-        "plateau_max_deviation": summary["plateau_max_deviation"],
-        "plateau_max_accuracy": summary["plateau_max_accuracy"],
-        "plateau_length_by_band": summary["plateau_length_by_band"],
-        "knowledge_onset": summary["knowledge_onset"],
+        "plateau_start": start,
+        "plateau_end": end,
+        "plateau_length": against_f.plateau_length,
+        "plateau_evals": against_f.plateau_evals,
+        "plateau_max_deviation": against_f.max_deviation,
+        "plateau_max_accuracy": against_f.max_accuracy,
+        "plateau_length_by_band": {f"{b:g}": p.plateau_length for b, p in by_band.items()},
+        "knowledge_onset": onset,
         "twin_seeds": twin.seeds,
         "twin_end_vs_F": float(twin.mean[-1] / level - 1),
         "final_eval_acc": final["eval/attr_acc"],
@@ -89,7 +96,6 @@ def measure(real: Path, twins: list[Path]) -> dict[str, Any]:
         "final_heldout_loss": final.get("heldout/attr_loss"),
         "wall_s": summary["wall_s"],
     }
-    start, end = summary["plateau_start"], summary["plateau_end"]
     if start is not None and end is not None:
         out["twin_window_vs_F"] = window_mean(twin.steps, twin.mean, start, end) / level - 1
         deviations = [
@@ -97,7 +103,6 @@ def measure(real: Path, twins: list[Path]) -> dict[str, Any]:
         ]
         out["twin_window_max_vs_F"] = float(max(deviations)) if deviations else None
         out["plateau_fraction_of_onset"] = (end - start) / end
-    onset = summary["knowledge_onset"]
     if onset is not None:
         # The detector's lag: from the loss's last crossing of F itself before the onset (where it
         # starts to leave F) to the onset at the band's lower edge.
@@ -108,12 +113,25 @@ def measure(real: Path, twins: list[Path]) -> dict[str, Any]:
             if l0 >= level > l1:
                 crossed = s0 + (l0 - level) / (l0 - l1) * (s1 - s0)
         out["onset_lag_from_F"] = None if crossed is None else onset - crossed
-    against_twin = detect_phases(steps, losses, reference, accs, half_width=half_width)
+    # As the trainer reads a run given --twin: entered at F's band, onset once the loss is below
+    # the twins' mean by more than their seed range, twice in a row.
+    against_twin = detect_phases(
+        steps,
+        losses,
+        level,
+        accs,
+        band=config.plateau_band,
+        min_evals=config.plateau_min_evals,
+        onset_level=reference,
+        onset_half_width=half_width,
+        confirm=2,
+    )
     out["twin_detector"] = {
         "plateau_start": against_twin.plateau_start,
         "plateau_end": against_twin.plateau_end,
         "knowledge_onset": against_twin.knowledge_onset,
         "half_width_max": None if half_width is None else float(max(half_width)),
+        "half_width_mean": None if half_width is None else float(np.mean(half_width)),
     }
     return out
 
@@ -125,12 +143,12 @@ def fmt(x: Optional[float], spec: str = ".0f") -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| run | N | seed | F | twin vs F (window / max / end) | plateau (start–end, evals) | "
-        "max dev | max acc | plateau / T_k | length at 5/10/20% | lag from F | onset vs twin | "
+        "max dev | max acc | plateau / T_k | length at 5/10/20% | lag from F | vs twin: plateau, onset | "
         "final acc | held-out − F | wall s |"
     )
     lines = [head, "|" + " --- |" * 15]
     for r in rows:
-        b = r["plateau_length_by_band"]
+        b, t = r["plateau_length_by_band"], r["twin_detector"]
         lines.append(
             f"| {Path(r['run']).name} | {r['individuals']} | {r['seed']} | {r['F']:.3f} | "
             f"{fmt(r.get('twin_window_vs_F'), '+.1%')} / {fmt(r.get('twin_window_max_vs_F'), '.1%')}"
@@ -140,7 +158,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{fmt(r.get('plateau_fraction_of_onset'), '.0%')} | "
             f"{' / '.join(fmt(b[k]) for k in ('0.05', '0.1', '0.2'))} | "
             f"{fmt(r.get('onset_lag_from_F'))} | "
-            f"{fmt(r['twin_detector']['knowledge_onset'])} | {r['final_eval_acc']:.3f} | "
+            f"{fmt(t['plateau_start'])}–{fmt(t['plateau_end'])}, {fmt(t['knowledge_onset'])} | "
+            f"{r['final_eval_acc']:.3f} | "
             f"{fmt((r['final_heldout_loss'] or 0) - r['F'], '+.2f')} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines)

@@ -274,3 +274,28 @@ def test_bad_input_names_the_argument(kwargs, name) -> None:
 def test_band_sensitivity_rejects_half_width() -> None:
     with pytest.raises(ValueError, match="half_width"):
         band_sensitivity([0, 10], [14.0, F], F, half_width=0.1)
+
+
+def test_twin_moves_the_onset_but_not_the_plateau_start() -> None:
+    # The twin (a no-knowledge control) drifts slowly down through F's band; the real curve tracks
+    # it, then separates at step 500. Against F alone the separation is seen only once the loss is
+    # 5% below F; against the twin, as soon as it leaves the twin's noise band (confirmed twice).
+    steps = list(range(0, 1001, 50))
+    twin = [14.0, 7.0] + [5.3 - 0.0005 * s for s in steps[2:]]  # 5.2 at 200 ... 4.8 at 1000
+    real = [t if s < 500 else t - 0.004 * (s - 450) for s, t in zip(steps, twin)]
+    f = detect_phases(steps, real, F)
+    t = detect_phases(steps, real, F, onset_level=twin, onset_half_width=0.05, confirm=2)
+    assert f.plateau_start == t.plateau_start  # entered at F's band either way
+    # real - (twin - 0.05) = 0.05 - 0.004 * (s - 450): crosses 0 at s = 462.5 (between 450, 500).
+    assert t.knowledge_onset == pytest.approx(462.5)
+    assert f.knowledge_onset is not None and f.knowledge_onset > t.knowledge_onset + 50
+    # One eval below the twin's band that comes back is noise, not knowledge.
+    blip = list(twin)
+    blip[steps.index(300)] -= 0.2
+    b = detect_phases(steps, blip, F, onset_level=twin, onset_half_width=0.05, confirm=2)
+    assert b.knowledge_onset is None and b.plateau_start is not None
+    assert detect_phases(steps, blip, F, onset_level=twin, onset_half_width=0.05).knowledge_onset
+    with pytest.raises(ValueError, match="confirm must be"):
+        detect_phases(steps, real, F, confirm=0)
+    with pytest.raises(ValueError, match="onset_half_width needs onset_level"):
+        detect_phases(steps, real, F, onset_half_width=0.1)

@@ -111,8 +111,20 @@ def detect_phases(
     half_width: Optional[Numbers] = None,
     min_evals: int = 3,
     max_acc: float = 0.05,
+    onset_level: Optional[Numbers] = None,
+    onset_half_width: Optional[Numbers] = None,
+    confirm: int = 1,
 ) -> Phases:
-    """Phases of an attribute-loss curve; the rule is in the module docstring."""
+    """Phases of an attribute-loss curve; the rule is in the module docstring.
+
+    `onset_level` (a twin's curve, one value per eval) moves the loss trigger of the onset: the
+    loss is *below* when under `onset_level - onset_half_width` (default: band x onset_level)
+    instead of under F's band, while the plateau is still entered at F's band. So a run that
+    tracks a no-knowledge twin down through F's band is read as on the plateau until it separates
+    from the twin by more than the twin's noise. `confirm` evals in a row must be below for the
+    loss trigger (2 against a twin, whose seed range a fourth seed leaves by chance now and then);
+    an unconfirmed eval below counts as in the current run.
+    """
     n = len(steps)
     if len(losses) != n:
         raise ValueError(f"steps and losses must have the same length, got {n}, {len(losses)}")
@@ -122,6 +134,8 @@ def detect_phases(
         raise ValueError(f"band must be in (0, 1), got {band}")
     if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 1:
         raise ValueError(f"min_evals must be an integer >= 1, got {min_evals!r}")
+    if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 1:
+        raise ValueError(f"confirm must be an integer >= 1, got {confirm!r}")
     if not 0 < max_acc <= 1:
         raise ValueError(f"max_acc must be in (0, 1], got {max_acc}")
     lvl = _per_eval("level", level, n)
@@ -142,6 +156,21 @@ def detect_phases(
 
     upper = [v + h for v, h in zip(lvl, hw)]
     lower = [v - h for v, h in zip(lvl, hw)]
+    if onset_level is not None:
+        ref = _per_eval("onset_level", onset_level, n)
+        if not all(v > 0 and math.isfinite(v) for v in ref):
+            raise ValueError(f"onset_level must be finite and > 0 (each value), got {onset_level}")
+        if onset_half_width is None:
+            ref_hw = [band * v for v in ref]
+        else:
+            ref_hw = _per_eval("onset_half_width", onset_half_width, n)
+            if not all(h > 0 and math.isfinite(h) for h in ref_hw):
+                raise ValueError(
+                    f"onset_half_width must be finite and > 0 (each value), got {onset_half_width}"
+                )
+        lower = [v - h for v, h in zip(ref, ref_hw)]
+    elif onset_half_width is not None:
+        raise ValueError("onset_half_width needs onset_level")
     run_first: Optional[int] = None  # first eval of the current in-band run
     plateau_first: Optional[int] = None  # first eval of the confirmed plateau in progress
     onset_index: Optional[int] = None
@@ -149,7 +178,11 @@ def detect_phases(
     for i in range(n):
         loss = losses[i]
         acc = accuracies[i] if accuracies is not None else None
-        if loss < lower[i]:  # below the band: loss trigger
+        below = loss < lower[i]
+        # Against a twin, one eval below its noise band is not yet knowledge: the next
+        # `confirm - 1` evals must stay below too (reported once they are, back-dated to here).
+        ahead = range(i, i + confirm)
+        if below and ahead[-1] < n and all(losses[j] < lower[j] for j in ahead):
             onset_index = i
             if i > 0:
                 onset = _crossing(

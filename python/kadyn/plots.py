@@ -93,18 +93,18 @@ def plot_curves(
                 xs, ys, marker=".", ms=4, label=label if not control else f"{label}, control"
             )
     if twin is not None:
-        mean = twin.mean
+        mean, spread = twin.mean, twin.spread
         ax_loss.plot(
             twin.steps,
             mean,
-            color="0.35",
-            lw=1.2,
-            label=f"no-knowledge twin ({twin.seeds} seed(s))",
+            color="tab:purple",
+            lw=1.5,
+            zorder=3,
+            label=f"no-knowledge twin, eval templates ({twin.seeds} seed(s))",
         )
-        spread = twin.spread
         if spread is not None:
             ax_loss.fill_between(
-                twin.steps, mean - spread, mean + spread, color="0.35", alpha=0.2, lw=0
+                twin.steps, mean - spread, mean + spread, color="tab:purple", alpha=0.25, lw=0
             )
     level = last["no_knowledge/level"]
     ax_loss.axhline(
@@ -137,6 +137,7 @@ def plot_curves(
         elif start is not None:
             end_text = f"{end:.0f}" if end is not None else "…"
             title = f"plateau at F: steps {start:.0f}–{end_text}"
+            title += " (knowledge read against the twin)" if twin is not None else ""
         elif onset is not None:
             title = f"no plateau; knowledge from step {onset:.0f}"
         else:

@@ -141,25 +141,23 @@ class TrainState:
         self.level = float(state["level"])
 
 
-def phase_reference(state: TrainState, twin: Optional[Twin]) -> tuple[Any, Optional[list[float]]]:
-    """What the phases are read against at each eval: F, or the twin's mean curve with its
-    seed-to-seed range as the band's half-width (None with one twin seed: +-band then)."""
-    if twin is None:
-        return state.level, None
-    return twin.at(state.eval_steps)
-
-
 def current_phases(state: TrainState, config: TrainConfig, twin: Optional[Twin]) -> Phases:
-    """Phases of the eval-probe history so far (the one call of the detector)."""
-    level, half_width = phase_reference(state, twin)
+    """Phases of the eval-probe history so far (the one call of the detector): the plateau is
+    entered at F's band; knowledge starts below F's band, or with a twin, below the twin's curve
+    by more than its seed-to-seed range (+-band of it with a single twin seed)."""
+    onset_level = onset_half_width = None
+    if twin is not None:
+        onset_level, onset_half_width = twin.at(state.eval_steps)
     return detect_phases(
         state.eval_steps,
         state.eval_losses,
-        level,
+        state.level,
         state.eval_accs,
         band=config.plateau_band,
-        half_width=half_width,
         min_evals=config.plateau_min_evals,
+        onset_level=onset_level,
+        onset_half_width=onset_half_width,
+        confirm=1 if twin is None else 2,
     )
 
 
@@ -643,14 +641,13 @@ def _train(
 
 
 def phase_summary(state: TrainState, config: TrainConfig, twin: Optional[Twin]) -> dict[str, Any]:
-    """The detected phases at the run's band, and the plateau length at 5/10/20% bands (the
-    detector's sensitivity; against F, or the twin's curve when there is one)."""
+    """The detected phases, and the plateau length at 5/10/20% bands around F (the detector's
+    sensitivity to its band, read without the twin)."""
     phases = current_phases(state, config, twin)
-    level, _ = phase_reference(state, twin)
     sensitivity = band_sensitivity(
         state.eval_steps,
         state.eval_losses,
-        level,
+        state.level,
         state.eval_accs,
         min_evals=config.plateau_min_evals,
     )
