@@ -105,6 +105,23 @@ def _per_eval(name: str, value: Numbers, n: int) -> list[float]:
     return values
 
 
+def _band(
+    level: tuple[str, Numbers], half_width: tuple[str, Optional[Numbers]], band: float, n: int
+) -> tuple[list[float], list[float]]:
+    """A band's centre and half-width per eval ((name, value) pairs, for the error messages):
+    +-band x centre unless a half-width is given."""
+    (level_name, level_value), (width_name, width_value) = level, half_width
+    centre = _per_eval(level_name, level_value, n)
+    if not all(v > 0 and math.isfinite(v) for v in centre):
+        raise ValueError(f"{level_name} must be finite and > 0 (each value), got {level_value}")
+    if width_value is None:
+        return centre, [band * v for v in centre]
+    width = _per_eval(width_name, width_value, n)
+    if not all(h > 0 and math.isfinite(h) for h in width):
+        raise ValueError(f"{width_name} must be finite and > 0 (each value), got {width_value}")
+    return centre, width
+
+
 def _crossing(s0: float, s1: float, d0: float, d1: float) -> float:
     """Step where a quantity linear between (s0, d0) and (s1, d1) crosses 0, clamped to [s0, s1]."""
     if d0 == d1:  # no crossing inside: the quantity was already past 0 at s0, or reaches it at s1
@@ -150,15 +167,7 @@ def detect_phases(
         raise ValueError(f"confirm must be an integer >= 1, got {confirm!r}")
     if not 0 < max_acc <= 1:
         raise ValueError(f"max_acc must be in (0, 1], got {max_acc}")
-    lvl = _per_eval("level", level, n)
-    if not all(v > 0 and math.isfinite(v) for v in lvl):
-        raise ValueError(f"level must be finite and > 0 (each value), got {level}")
-    if half_width is None:
-        hw = [band * v for v in lvl]
-    else:
-        hw = _per_eval("half_width", half_width, n)
-        if not all(h > 0 and math.isfinite(h) for h in hw):
-            raise ValueError(f"half_width must be finite and > 0 (each value), got {half_width}")
+    lvl, hw = _band(("level", level), ("half_width", half_width), band, n)
     if not all(math.isfinite(x) for x in losses):
         raise ValueError("losses must be finite")
     if accuracies is not None and not all(0 <= a <= 1 for a in accuracies):
@@ -169,17 +178,9 @@ def detect_phases(
     upper = [v + h for v, h in zip(lvl, hw)]
     lower = [v - h for v, h in zip(lvl, hw)]
     if onset_level is not None:
-        ref = _per_eval("onset_level", onset_level, n)
-        if not all(v > 0 and math.isfinite(v) for v in ref):
-            raise ValueError(f"onset_level must be finite and > 0 (each value), got {onset_level}")
-        if onset_half_width is None:
-            ref_hw = [band * v for v in ref]
-        else:
-            ref_hw = _per_eval("onset_half_width", onset_half_width, n)
-            if not all(h > 0 and math.isfinite(h) for h in ref_hw):
-                raise ValueError(
-                    f"onset_half_width must be finite and > 0 (each value), got {onset_half_width}"
-                )
+        ref, ref_hw = _band(
+            ("onset_level", onset_level), ("onset_half_width", onset_half_width), band, n
+        )
         lower = [v - h for v, h in zip(ref, ref_hw)]
     elif onset_half_width is not None:
         raise ValueError("onset_half_width needs onset_level")
