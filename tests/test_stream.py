@@ -117,6 +117,15 @@ def test_to_torch_shares_memory(world: kadyn.World) -> None:
     assert tensors["sample_index"].tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("start, length", [(0, 10), (5, 10), (0, 64), (60, 4), (3, 0)])
+def test_to_torch_on_sliced_batches(world: kadyn.World, start: int, length: int) -> None:
+    batch = next(iter(kadyn.BiographyStream(world, batch_size=64, seed=2, threads=1)))
+    full = kadyn.to_torch(batch)
+    part = kadyn.to_torch(batch.slice(start, length))
+    for key in ("input_ids", "attr_type", "individual", "sample_index"):
+        assert torch.equal(part[key], full[key][start : start + length]), key
+
+
 def test_rows_are_biographies_with_tagged_values(world: kadyn.World) -> None:
     batch = take(kadyn.BiographyStream(world, batch_size=20, seed=9), 1)[0]
     t = kadyn.to_torch(batch)

@@ -14,9 +14,9 @@ def _fixed_list_values(column: pa.Array, dtype: type) -> np.ndarray:
     if not pa.types.is_fixed_size_list(column.type):
         raise ValueError(f"expected a fixed_size_list column, got {column.type}")
     width = column.type.list_size
-    # `.values` ignores the list array's offset; flatten() honours slicing.
-    flat = column.flatten() if column.offset else column.values
-    values = flat.to_numpy(zero_copy_only=True)
+    # flatten() honours slicing (offset and length) and stays zero-copy; `.values` is the whole
+    # child buffer, which is wrong for any slice, including one that starts at row 0.
+    values = column.flatten().to_numpy(zero_copy_only=True)
     if values.dtype != dtype:
         raise ValueError(f"expected {np.dtype(dtype)} items, got {values.dtype}")
     return values.reshape(len(column), width)
