@@ -527,3 +527,14 @@ def test_control_run_and_twin(tmp_path) -> None:
         train(small_config(tmp_path / "y", twin=str(tmp_path / "real")))
     with pytest.raises(ValueError, match="--twin draws a control"):
         small_config(tmp_path / "z", control=True, twin="a").validate()
+
+
+def test_a_diverging_run_stops_with_one_line(tmp_path, capsys) -> None:
+    out = tmp_path / "nan"
+    flags = [*SMALL_FLAGS, "--steps", "6", "--eval-every", "3", "--lr", "1e10", "--grad-clip", "0"]
+    assert main([*flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "non-finite loss at step 3" in err and "last finite eval loss" in err, err
+    # Everything written before the divergence is valid JSON (no bare NaN).
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))

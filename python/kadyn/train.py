@@ -254,7 +254,18 @@ def run_eval(
     value-table entropy."""
     results = evaluate(model, probes, config, world, runtime, attention_source)
     train_loss = state.take_train_loss(runtime.world_size)
-    state.record_eval(state.step, results["eval"]["loss"], results["eval"]["acc"])
+    eval_loss = results["eval"]["loss"]
+    if not math.isfinite(eval_loss) or (train_loss is not None and not math.isfinite(train_loss)):
+        # Diverged: every later step and metric would be NaN, and the phases undefined.
+        last = (
+            f"last finite eval loss {state.eval_losses[-1]:.3f} at step {state.eval_steps[-1]}"
+            if state.eval_steps
+            else "no finite eval loss yet"
+        )
+        raise ValueError(
+            f"non-finite loss at step {state.step} ({last}); lower --lr or set --grad-clip"
+        )
+    state.record_eval(state.step, eval_loss, results["eval"]["acc"])
     levels = {"no_knowledge/level": state.level, "no_knowledge/value_table_entropy": floor}
     if twin is not None:
         reference, half_width = twin.at([state.step])
