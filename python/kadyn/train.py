@@ -608,7 +608,7 @@ def _train(
             seconds = max(train_seconds + time.perf_counter() - t0, 1e-9)
             bar.set_postfix(
                 loss=f"{loss.item():.3f}",
-                phase=current_phases(state, config, twin).phase[-1] if state.eval_steps else 1,
+                phase=records[-1]["phase"] if records else 1,  # phases change only at evals
                 tok_s=f"{steps_timed * tokens_per_step / seconds:,.0f}",
             )
         bar.update(1)

@@ -10,7 +10,7 @@ and their range at each step the band that a real run must leave to count as kno
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,22 +19,10 @@ import numpy as np
 from kadyn.config import TrainConfig, load_config_file
 from kadyn.evaluation import METRICS, read_metrics
 
-# What must match between a real run and its twin for the curves to be comparable: the world, the
-# probes and the sampling distribution (whose statistics the twin learns).
-MATCHING_FIELDS = (
-    "individuals",
-    "world_seed",
-    "heldout",
-    "n_first_names",
-    "n_last_names",
-    "n_cities",
-    "n_universities",
-    "n_majors",
-    "n_companies",
-    "year_min",
-    "year_max",
-    "n_days",
-    "n_months",
+# What must match between a real run and its twin for the curves to be comparable: the world (every
+# field of the config's "world" group), the probes, and the sampling distribution whose statistics
+# the twin learns.
+MATCHING_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata["group"] == "world") + (
     "population",
     "sampling",
     "alpha",
