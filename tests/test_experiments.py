@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from kadyn.experiments import cli, runner
+from kadyn.experiments import cli, rules, runner
 from kadyn.experiments.runner import RESULT, Context
 from kadyn.experiments.scales import SMOKE
 
-STUDIES = ("plateau", "alpha", "warmup", "hallucination", "finetune", "patching")
+STUDIES = ("plateau", "alpha", "warmup", "hallucination", "finetune", "patching", "analyses")
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -85,16 +86,20 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_smoke_study_writes_section_and_figure(suite: Path, study: str) -> None:
-    module = cli.STUDIES[study]
+    title = cli.STUDIES[study].title
     assert (suite / study / f"{study}.png").stat().st_size > 1000
     info = json.loads((suite / study / "study.json").read_text())
     assert info["scale"] == "smoke" and info["wall_s"] is not None
     text = (suite / "report.md").read_text()
-    assert f"## {module.TITLE}" in text
+    assert f"## {title}" in text
     assert f"![{study}]({study}/{study}.png)" in text
-    section = text.split(f"## {module.TITLE}")[1].split("\n## ")[0]
+    section = text.split(f"## {title}")[1].split("\n## ")[0]
     verdict = section.split("**Verdict:**")[1].splitlines()[0]
-    assert any(v in verdict for v in ("reproduced", "not reproduced", "inconclusive"))
+    allowed = ("analysis",) if study == "analyses" else rules.OUTCOMES
+    assert any(v in verdict for v in allowed)
+    data = json.loads((suite / "report.json").read_text())
+    assert data["rules_hash"] == rules.rules_hash()
+    assert data["studies"][study]["verdict"] in allowed + ("analysis",)
     assert "*Rule:*" in section
     runs = [d for d in (suite / study).iterdir() if d.is_dir()]
     assert runs and all((d / RESULT).exists() for d in runs)
@@ -128,12 +133,15 @@ def test_report_rebuilds_from_cached_runs(suite: Path, capsys) -> None:
     text = report.read_text()
     assert text.count("**Verdict:**") == len(STUDIES)
     assert "| study | verdict |" in text
+    assert f"hash `{rules.rules_hash()}`" in text
 
 
 def test_warmup_shares_the_alpha_runs(suite: Path) -> None:
-    warm = json.loads((suite / "warmup" / "study.json").read_text())["options"]
+    warm = json.loads((suite / "warmup" / "study.json").read_text())["plan"]
+    assert warm["steps"] == max(SMOKE.alpha.budgets)
+    warmup_dirs = {d.name for d in (suite / "warmup").iterdir() if d.is_dir()}
     uniform = [d.name for d in (suite / "alpha").iterdir() if "-a0-" in d.name]
-    assert warm["steps"] in SMOKE.alpha.budgets and uniform
+    assert uniform and not any("-a0-" in d for d in warmup_dirs)  # trained once, under alpha
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +156,7 @@ def tiny_context(out: Path, jobs: int = 1) -> Context:
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
     ctx = tiny_context(tmp_path)
-    spec = ctx.spec("t", "resume", individuals=16, steps=6, eval_every=2, checkpoint_every=2)
+    spec = ctx.spec("t", "resume", n=16, seed=0, steps=6, eval_every=2, checkpoint_every=2)
     first = ctx.run([spec], "t")[0]
     assert not first.cached and [r["step"] for r in first.records] == [0, 2, 4, 6]
     # A kill after the last checkpoint but before result.json: the next call resumes.
@@ -171,7 +179,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch) -> 
 
 def test_run_killed_before_its_first_checkpoint_restarts(tmp_path: Path) -> None:
     ctx = tiny_context(tmp_path)
-    spec = ctx.spec("t", "fresh", individuals=16, steps=2, eval_every=2)
+    spec = ctx.spec("t", "fresh", n=16, seed=0, steps=2, eval_every=2)
     run_dir = spec.run_dir(tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text('{"step": 0, "trunc')
@@ -181,21 +189,22 @@ def test_run_killed_before_its_first_checkpoint_restarts(tmp_path: Path) -> None
 
 def test_key_covers_settings_not_labels(tmp_path: Path) -> None:
     ctx = tiny_context(tmp_path)
-    a = ctx.spec("t", "x", individuals=16, steps=2)
-    b = ctx.spec("t", "x", individuals=16, steps=3)
+    a = ctx.spec("t", "x", n=16, seed=0, eval_every=2, steps=2)
+    b = ctx.spec("t", "x", n=16, seed=0, eval_every=2, steps=3)
     assert a.key() != b.key() and a.key().startswith("x-")
-    assert a.key() == ctx.spec("t", "x", individuals=16, steps=2, meta={"label": 1}).key()
+    labelled = ctx.spec("t", "x", n=16, seed=0, eval_every=2, steps=2, meta={"label": 1})
+    assert a.key() == labelled.key()
     with pytest.raises(ValueError, match="share a key"):
         runner.run_all([a, a], tmp_path)
 
 
 def test_parallel_runs_in_spawned_processes(tmp_path: Path) -> None:
     ctx = tiny_context(tmp_path, jobs=2)
-    specs = [ctx.spec("p", f"r{i}", individuals=16, steps=2, eval_every=2, seed=i) for i in (0, 1)]
+    specs = [ctx.spec("p", f"r{i}", n=16, seed=i, steps=2, eval_every=2) for i in (0, 1)]
     results = ctx.run(specs, "p")
     assert [len(r.records) for r in results] == [2, 2]
     assert all(not r.cached for r in results)
-    failing = ctx.spec("p", "bad", individuals=16, steps=2, seq_len=8)
+    failing = ctx.spec("p", "bad", n=16, seed=0, eval_every=2, steps=2, seq_len=8)
     with pytest.raises(runner.RunFailed, match="seq-len"):
         runner.run_all([failing] + specs, tmp_path, jobs=2, threads=1, progress=False)
 
@@ -204,7 +213,7 @@ def test_a_run_held_by_another_process_is_refused(tmp_path: Path) -> None:
     import fcntl
 
     ctx = tiny_context(tmp_path)
-    spec = ctx.spec("t", "locked", individuals=16, steps=2)
+    spec = ctx.spec("t", "locked", n=16, seed=0, eval_every=2, steps=2)
     run_dir = spec.run_dir(tmp_path)
     run_dir.parent.mkdir(parents=True)
     with open(run_dir.parent / f".{run_dir.name}{runner.LOCK}", "w") as held:
@@ -219,29 +228,16 @@ def test_a_run_held_by_another_process_is_refused(tmp_path: Path) -> None:
 def test_every_scale_resolves_and_plans_its_runs(scale: str, tmp_path: Path) -> None:
     from kadyn.config import make_config
     from kadyn.experiments.scales import get_scale
+    from kadyn.experiments.study import resolve
 
     _, parsers = cli.build_parser()
-    plan = get_scale(scale)
-    ctx = Context(out=tmp_path, preset=plan.preset, base=dict(plan.base))
-    planned = {
-        "plateau": lambda o: cli.STUDIES["plateau"].specs(o, ctx),
-        "alpha": lambda o: cli.STUDIES["alpha"].specs(o, ctx),
-        "warmup": lambda o: (
-            cli.STUDIES["warmup"].curriculum_specs(o, ctx)
-            + cli.STUDIES["warmup"].alpha_specs(o, ctx)
-        ),
-        "hallucination": lambda o: cli.STUDIES["hallucination"].specs(o, ctx),
-        "finetune": lambda o: (
-            [cli.STUDIES["finetune"].pretrain_spec(o, ctx)]
-            + cli.STUDIES["finetune"].finetune_specs(o, ctx)
-        ),
-        "patching": lambda o: [cli.STUDIES["patching"].reference_spec(o, ctx)],
-    }
-    for name, module in cli.STUDIES.items():
-        opts = module.resolve(parsers[name].parse_args(["--scale", scale]), plan)
-        json.dumps(opts)  # kept in study.json
-        specs = planned[name](opts)
-        assert specs
+    scale_plans = get_scale(scale)
+    ctx = Context(out=tmp_path, preset=scale_plans.preset, base=dict(scale_plans.base))
+    for name, study in cli.STUDIES.items():
+        plan = resolve(study, parsers[name].parse_args(["--scale", scale]), scale_plans.plan(name))
+        json.dumps(dataclasses.asdict(plan))  # kept in study.json
+        specs = study.specs(plan, ctx)
+        assert specs, name
         for spec in specs:  # every run is a valid trainer config
             overrides = {k: v for k, v in spec.overrides.items() if k != "init_checkpoint"}
             make_config(spec.preset, **overrides).validate()

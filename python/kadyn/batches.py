@@ -6,12 +6,18 @@ them: the sampling law chosen by the config, and for fine-tuning with replay (--
 each batch: round(B * w / (1 + w)) old rows (at least one of each), so w is the ratio of old to new
 biographies, as the paper's replay weight. `TrainBatches.state_dict()` holds the streams'
 positions, so a resumed run sees the very same batches.
+
+With --count-exposures a batch also carries `exposed`: the population indices of every biography
+of the main stream in it (all of a packed row's, not only its first; replayed rows left out, they
+are not the trained population).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 import kadyn
@@ -77,19 +83,24 @@ class TrainBatches:
                 seed=config.seed + 1,
                 **common,
             )
+        self.count_exposures = config.count_exposures
         self._iters: Optional[dict[str, Iterator]] = None
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._iters is None:
             self._iters = {k: iter(s) for k, s in self.streams.items()}
-        parts = [kadyn.to_torch(next(it)) for it in self._iters.values()]
+        raw = {k: next(it) for k, it in self._iters.items()}
+        parts = [kadyn.to_torch(b) for b in raw.values()]
         if len(parts) == 1:
-            return parts[0]
-        batch = {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "sample_index")}
-        # Which rows are replayed 'train' biographies (sample_index alone cannot tell).
-        batch["replay"] = (
-            torch.arange(batch["input_ids"].shape[0]) >= parts[0]["input_ids"].shape[0]
-        )
+            batch = parts[0]
+        else:
+            batch = {k: torch.cat([p[k] for p in parts]) for k in ("input_ids", "sample_index")}
+            # Which rows are replayed 'train' biographies (sample_index alone cannot tell).
+            batch["replay"] = (
+                torch.arange(batch["input_ids"].shape[0]) >= parts[0]["input_ids"].shape[0]
+            )
+        if self.count_exposures:
+            batch["exposed"] = exposed_individuals(raw["main"])
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -99,3 +110,12 @@ class TrainBatches:
         for k, s in self.streams.items():
             s.load_state_dict(state[k])
         self._iters = None  # restart the iterators from the restored positions
+
+
+def exposed_individuals(batch: pa.RecordBatch) -> torch.Tensor:
+    """int64 population indices of every biography in a stream batch, packed rows included
+    (`to_torch` keeps only a packed row's first individual)."""
+    column = batch.column("individual")
+    if pa.types.is_list(column.type):
+        column = column.flatten()
+    return torch.from_numpy(column.to_numpy().astype(np.int64))

@@ -129,6 +129,12 @@ class TrainConfig:
     keep_checkpoints: bool = _f(
         False, "also keep checkpoint-<step>.pt files, not only the last one", "eval"
     )
+    count_exposures: bool = _f(
+        False,
+        "count each trained individual's biographies seen in training; write "
+        "exposures-<step>.npy at every evaluation",
+        "eval",
+    )
     peak_tflops: float = _f(989.0, "accelerator peak (bf16 dense) for the MFU figure", "eval", gt=0)
     plateau_band: float = _f(
         0.05, "phase detector: plateau = loss within +-band x F (relative)", "eval", gt=0, lt=1
@@ -316,7 +322,7 @@ def to_toml(config: TrainConfig) -> str:
     return "\n".join(f"[{g}]\n" + "\n".join(lines) + "\n" for g, lines in groups.items())
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse prints the whole usage on error; one line naming the problem is easier to read."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -324,7 +330,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = "kadyn-train") -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=prog,
         description="Train a transformer on synthetic biographies and track knowledge acquisition.",
     )

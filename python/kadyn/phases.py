@@ -85,13 +85,19 @@ class Phases:
 
     @property
     def plateau_length(self) -> Optional[float]:
-        if self.plateau_start is None or self.plateau_end is None:
-            return None
-        return self.plateau_end - self.plateau_start
+        return plateau_length(self.plateau_start, self.plateau_end)
 
     @property
     def plateau_evals(self) -> int:
         return sum(p == PLATEAU for p in self.phase)
+
+
+def plateau_length(start: Optional[float], end: Optional[float]) -> Optional[float]:
+    """Steps from the plateau's start to its end (the knowledge onset); None unless both exist.
+    The one definition: the trainer's summary, the studies and the report all use it."""
+    if start is None or end is None:
+        return None
+    return float(end) - float(start)
 
 
 def _per_eval(name: str, value: Numbers, n: int) -> list[float]:

@@ -19,6 +19,10 @@ Choices worth knowing:
   plain extras (rng, config, model_config), and a resume loads each entry back.
 - Exact resume: the checkpoint holds the streams' positions, so a resumed run sees the very same
   batches; on CPU with fixed threads the metrics match an uninterrupted run.
+- --count-exposures: `TrainState` also counts, per individual of the trained population, the
+  biographies of it seen so far (checkpointed, so a resumed run's counts stay exact), and rank 0
+  writes them as `exposures-<step>.npy` at every evaluation. Each rank counts its own rows; the
+  counts are all-reduced at evaluations and before checkpoints, the only places they are read.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -57,7 +62,7 @@ from kadyn.evaluation import (
     make_record,
     read_metrics,
 )
-from kadyn.fileio import atomic_write_text
+from kadyn.fileio import atomic_write, atomic_write_text
 from kadyn.model import GPT, ModelConfig, next_token_targets
 from kadyn.phases import Phases, band_sensitivity, detect_phases
 from kadyn.plots import plot_curves
@@ -91,10 +96,38 @@ class TrainState:
     eval_losses: list[float] = field(default_factory=list)  # eval-probe attribute loss
     eval_accs: list[float] = field(default_factory=list)  # eval-probe attribute accuracy
     loss_count: int = 0
+    # --count-exposures: biographies seen per individual (int64, CPU), all ranks together as of
+    # the last sync, plus this rank's since then. None when not counting.
+    exposures: Optional[torch.Tensor] = None
+    pending_exposures: Optional[torch.Tensor] = None
 
     @classmethod
-    def start(cls, level: float, device: torch.device) -> TrainState:
-        return cls(level=level, loss_sum=torch.zeros((), dtype=torch.float64, device=device))
+    def start(
+        cls, level: float, device: torch.device, individuals: Optional[int] = None
+    ) -> TrainState:
+        """`individuals`: the trained population's size, to count exposures; None = no counts."""
+        state = cls(level=level, loss_sum=torch.zeros((), dtype=torch.float64, device=device))
+        if individuals is not None:
+            state.exposures = torch.zeros(individuals, dtype=torch.int64)
+            state.pending_exposures = torch.zeros(individuals, dtype=torch.int64)
+        return state
+
+    def add_exposures(self, individuals: torch.Tensor) -> None:
+        assert self.pending_exposures is not None
+        n = self.pending_exposures.numel()
+        self.pending_exposures += torch.bincount(individuals.long().cpu(), minlength=n)[:n]
+
+    def sync_exposures(self, world_size: int) -> None:
+        """Fold every rank's pending counts into `exposures` (a collective with > 1 rank)."""
+        if self.exposures is None or self.pending_exposures is None:
+            return
+        pending = self.pending_exposures
+        if world_size > 1:
+            # NCCL reduces device tensors only; the counts are small (one int64 per individual).
+            pending = pending.to(self.loss_sum.device)
+            dist.all_reduce(pending)
+        self.exposures += pending.cpu()
+        self.pending_exposures.zero_()
 
     def add_train_loss(self, loss: torch.Tensor) -> None:
         # Accumulate on the device: a .item() per step would stall a GPU on every step.
@@ -119,8 +152,9 @@ class TrainState:
         self.eval_accs.append(acc)
 
     def state_dict(self) -> dict[str, Any]:
-        # Plain values only, so the checkpoint loads with torch.load(weights_only=True).
-        return {
+        # Plain values (and one int64 tensor), so the checkpoint loads with
+        # torch.load(weights_only=True).
+        state: dict[str, Any] = {
             "step": self.step,
             "eval_steps": list(self.eval_steps),
             "eval_losses": list(self.eval_losses),
@@ -129,6 +163,11 @@ class TrainState:
             "loss_count": self.loss_count,
             "level": self.level,
         }
+        if self.exposures is not None and self.pending_exposures is not None:
+            # Synced before every checkpoint, so this is every rank's count (and with one process
+            # exact at any time).
+            state["exposures"] = (self.exposures + self.pending_exposures).clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
@@ -139,6 +178,18 @@ class TrainState:
         self.loss_count = int(state["loss_count"])
         # The run's own level, not a recomputation: the phases were detected against it.
         self.level = float(state["level"])
+        if self.exposures is not None:
+            if "exposures" not in state:
+                raise ValueError("--count-exposures: the checkpoint holds no exposure counts")
+            saved = torch.as_tensor(state["exposures"], dtype=torch.int64).cpu()
+            if saved.shape != self.exposures.shape:
+                raise ValueError(
+                    f"--count-exposures: the checkpoint counts {saved.numel()} individuals, "
+                    f"this run {self.exposures.numel()}"
+                )
+            self.exposures.copy_(saved)
+            assert self.pending_exposures is not None
+            self.pending_exposures.zero_()
 
 
 def current_phases(state: TrainState, config: TrainConfig, twin: Optional[Twin]) -> Phases:
@@ -254,6 +305,7 @@ def run_eval(
     value-table entropy."""
     results = evaluate(model, probes, config, world, runtime, attention_source)
     train_loss = state.take_train_loss(runtime.world_size)
+    state.sync_exposures(runtime.world_size)
     eval_loss = results["eval"]["loss"]
     if not math.isfinite(eval_loss) or (train_loss is not None and not math.isfinite(train_loss)):
         # Diverged: every later step and metric would be NaN, and the phases undefined.
@@ -369,6 +421,24 @@ def truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
     return records
 
 
+def exposures_path(out: Path, step: int) -> Path:
+    return Path(out) / f"exposures-{step:07d}.npy"
+
+
+def write_exposures(out: Path, state: TrainState) -> None:
+    """The counts as of this evaluation (synced in run_eval), atomically: a kill mid-write must
+    not leave a torn file that a later analysis reads."""
+    assert state.exposures is not None
+    counts = state.exposures.numpy().copy()
+    atomic_write(exposures_path(out, state.step), lambda f: np.save(f, counts))
+
+
+def read_exposures(out: Path, step: int) -> Optional[np.ndarray]:
+    """Exposure counts of a run at an evaluation step; None if the run did not write them."""
+    path = exposures_path(out, step)
+    return np.load(path) if path.exists() else None
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if device.type == "cuda":
@@ -461,7 +531,11 @@ def _train(
     data = TrainBatches(world, config, runtime)
     probes = build_probes(world, config, runtime)
     levels = no_knowledge_levels(world, config)
-    state = TrainState.start(levels["no_knowledge/level"], device)
+    state = TrainState.start(
+        levels["no_knowledge/level"],
+        device,
+        individuals=world.population_size(config.population) if config.count_exposures else None,
+    )
     floor = levels["no_knowledge/value_table_entropy"]
 
     # --- model and optimizer ---
@@ -569,6 +643,8 @@ def _train(
         lr = scheduler.get_last_lr()[0]
         record = run_eval(state, *eval_args, lr=lr, perf=(None, None), t_start=t_start)
         publish(record, records, out, config, runtime, log, twin)
+        if state.exposures is not None and runtime.is_main:
+            write_exposures(out, state)
         if on_eval is not None:
             on_eval(state.step, record, raw_model)
     model.train()
@@ -583,6 +659,8 @@ def _train(
     t0 = time.perf_counter()
     while state.step < config.steps:
         batch = next(data)
+        if state.exposures is not None:
+            state.add_exposures(batch["exposed"])
         ids = batch["input_ids"].to(device, non_blocking=True).long()
         override = attention_source(ids) if attention_source is not None else None
         with autocast(device):
@@ -620,12 +698,15 @@ def _train(
             lr = scheduler.get_last_lr()[0]
             record = run_eval(state, *eval_args, lr=lr, perf=perf, t_start=t_start)
             publish(record, records, out, config, runtime, log, twin)
+            if state.exposures is not None and runtime.is_main:
+                write_exposures(out, state)
             if on_eval is not None:
                 on_eval(step, record, raw_model)
             train_seconds, steps_timed = 0.0, 0
             t0 = time.perf_counter()
         if step % checkpoint_every == 0 or step == config.steps:
             t_save = time.perf_counter()
+            state.sync_exposures(runtime.world_size)  # every rank: a collective with DDP
             if runtime.is_main:
                 save_run(out, states, config, model_config, device)
             t0 += time.perf_counter() - t_save  # saving is not training time

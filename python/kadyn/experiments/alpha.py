@@ -1,14 +1,13 @@
 """Study `alpha`: imbalanced sampling P(i) ∝ i^-alpha — plateau length and final loss (finding 4).
 
-One run per (N, budget, alpha, seed) with `--sampling power`. Knowledge is probed on the eval
-templates of ALL N individuals with equal weight (`eval_individuals = N`), so the loss measures
-what the model knows about the population, not about the individuals it saw most. From each run:
-the plateau length (the trainer's phase detector on that uniform probe; a run that never leaves
-the plateau counts as infinitely long) and the final attribute loss. The paper's claims: the
-plateau is shortest at alpha 0.6-0.8 whatever N; the loss-minimising alpha grows with N and with
-shorter budgets.
+One constant-lr run per (N, alpha, seed) of the longest budget, `sampling="power"` (alpha 0 is
+uniform); with a constant lr the first B steps are the run of budget B, so every budget is read
+from the eval at step B. The probe covers ALL N individuals equally (`eval_individuals = N`): it
+takes the first k individuals, the most frequent under a power law, so a cap would favour large
+alpha. Per run: the plateau length (censored at the last step if not left, 0 if none) and the
+loss at each budget; `rules.judge_alpha` decides on the alpha of the shortest plateau.
 
-`warmup` reuses these runs as its fixed-alpha competitors (same settings, same directory).
+`warmup` builds its fixed-alpha runs with `run_spec`, so identical settings are trained once.
 """
 
 from __future__ import annotations
@@ -19,198 +18,271 @@ from typing import Any, Optional
 
 import numpy as np
 
-from kadyn.experiments import fit as fitting
-from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
+from kadyn.experiments import options, rules, study
+from kadyn.experiments.report import new_figure, save_study_figure
 from kadyn.experiments.runner import Context, RunResult, RunSpec
-from kadyn.experiments.scales import Scale
+from kadyn.experiments.scales import AlphaPlan
 
 NAME = "alpha"
-TITLE = "Imbalanced sampling (alpha)"
-CLAIM = (
-    "with P(i) ∝ i^-alpha, the plateau is shortest at alpha 0.6–0.8 whatever N; the alpha that "
-    "minimises the final attribute loss (all individuals, equal weight) grows with N and with "
-    "shorter budgets."
-)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--alphas", type=options.alphas, help="list of alpha, e.g. 0,0.2,0.4")
-    parser.add_argument("--individuals", type=options.sizes, help="list of N")
-    parser.add_argument("--steps", type=options.budgets, help="list of step budgets")
-    parser.add_argument("--seeds", type=options.seeds, help="list of seeds")
+def eval_every(plan: AlphaPlan, n: int) -> int:
+    return interval(n, plan.eval_divisor, plan.budgets)
 
 
-def resolve(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
-    plan = scale.alpha
-    return {
-        "alphas": sorted(args.alphas if args.alphas is not None else plan.alphas),
-        "individuals": sorted(args.individuals or plan.individuals),
-        "budgets": sorted(args.steps or plan.budgets),
-        "seeds": list(args.seeds if args.seeds is not None else plan.seeds),
-        "evals_per_run": plan.evals_per_run,
-    }
-
-
-def run_spec(
-    ctx: Context, n: int, budget: int, alpha: float, seed: int, evals_per_run: int
-) -> RunSpec:
-    """The alpha-study run of these settings (also used by `warmup`, so the runs are shared)."""
-    every = max(1, budget // evals_per_run)
-    return ctx.spec(
-        NAME,
-        f"n{n}-steps{budget}-a{alpha:g}-s{seed}",
-        meta={"n": n, "budget": budget, "alpha": alpha, "seed": seed},
-        individuals=n,
-        steps=budget,
-        sampling="power",
-        alpha=float(alpha),
-        seed=seed,
-        world_seed=seed,
-        eval_every=every,
-        checkpoint_every=every * 5,
-        eval_individuals=n,  # every individual, equal weight
-    )
-
-
-def specs(opts: dict[str, Any], ctx: Context) -> list[RunSpec]:
-    return [
-        run_spec(ctx, n, budget, alpha, seed, opts["evals_per_run"])
-        for n in opts["individuals"]
-        for budget in opts["budgets"]
-        for alpha in opts["alphas"]
-        for seed in opts["seeds"]
-    ]
-
-
-def execute(opts: dict[str, Any], ctx: Context) -> None:
-    ctx.run(specs(opts, ctx), NAME)
+def interval(n: int, divisor: int, budgets: tuple[int, ...]) -> int:
+    """max(1, N // divisor), lowered to a divisor of every budget so that each budget's
+    loss is an eval of the run, not an interpolation."""
+    every = max(1, n // divisor)
+    g = math.gcd(*budgets)
+    while g % every:
+        every -= 1
+    return every
 
 
 def plateau_length(result: RunResult) -> float:
+    """end - start; censored at the run's last step if the plateau was not left; 0 if none."""
     start, end = result.summary.get("plateau_start"), result.summary.get("plateau_end")
-    if start is None or end is None:
-        return math.inf  # never left the plateau (or never reached it) within the budget
-    return float(end - start)
+    if start is None:
+        return 0.0
+    if end is None:
+        return float(result.records[-1]["step"]) - float(start)
+    return float(end) - float(start)
 
 
-def final_loss(result: RunResult) -> float:
-    return float(result.records[-1]["eval/attr_loss"])
+def losses_at(result: RunResult, budgets: tuple[int, ...]) -> Optional[dict[int, float]]:
+    """The eval attribute loss at each budget's step; None if an eval is missing."""
+    by_step = {r["step"]: r.get("eval/attr_loss") for r in result.records}
+    losses = {b: by_step.get(b) for b in budgets}
+    if any(v is None for v in losses.values()):
+        return None
+    return {b: float(v) for b, v in losses.items() if v is not None}
 
 
-def _mean(values: list[float]) -> Optional[float]:
-    return float(np.mean(values)) if values else None
+def _grid_argmin(values: dict[float, float]) -> float:
+    return min(sorted(values), key=lambda a: values[a])
 
 
-def tabulate(
-    opts: dict[str, Any], runs: list[RunSpec], results: list[Optional[RunResult]]
-) -> tuple[dict, dict]:
-    """(n, budget) -> {alpha: mean plateau length} and (n, budget) -> {alpha: mean final loss}."""
-    plateau: dict[tuple[int, int], dict[float, list[float]]] = {}
-    loss: dict[tuple[int, int], dict[float, list[float]]] = {}
-    for spec, result in zip(runs, results):
-        if result is None:
-            continue
-        cell = (spec.meta["n"], spec.meta["budget"])
-        plateau.setdefault(cell, {}).setdefault(spec.meta["alpha"], []).append(
-            plateau_length(result)
-        )
-        loss.setdefault(cell, {}).setdefault(spec.meta["alpha"], []).append(final_loss(result))
-    mean_plateau = {c: {a: float(np.mean(v)) for a, v in d.items()} for c, d in plateau.items()}
-    mean_loss = {c: {a: float(np.mean(v)) for a, v in d.items()} for c, d in loss.items()}
-    return mean_plateau, mean_loss
-
-
-def analyze(opts: dict[str, Any], ctx: Context) -> Section:
-    runs = specs(opts, ctx)
-    results = ctx.load(runs)
-    mean_plateau, mean_loss = tabulate(opts, runs, results)
-    # Plateau argmin per N from the longest budget: the least censored, and its lr stays high
-    # longest, as in the paper's plateau runs.
-    plateau_by_n = {
-        n: mean_plateau[(n, max(b for m, b in mean_plateau if m == n))]
-        for n in {m for m, _ in mean_plateau}
-    }
-    plateau_argmin = {n: fitting.argmin_alpha(d) for n, d in plateau_by_n.items()}
-    loss_argmin = {cell: fitting.argmin_alpha(d) for cell, d in mean_loss.items()}
-    verdict = fitting.alpha_verdict(plateau_argmin, loss_argmin)
-
-    fig = new_figure(ncols=2)
-    ax_p, ax_l = fig.subplots(1, 2)
-    for i, cell in enumerate(sorted(mean_loss)):
-        n, budget = cell
-        alphas = sorted(mean_loss[cell])
-        label = f"N={n}, {budget} steps"
-        lengths = [mean_plateau[cell][a] for a in alphas]
-        finite = [(a, v) for a, v in zip(alphas, lengths) if math.isfinite(v)]
-        if finite:
-            ax_p.plot(*zip(*finite), "o-", color=f"C{i}", label=label)
-        losses = [mean_loss[cell][a] for a in alphas]
-        ax_l.plot(alphas, losses, "o-", color=f"C{i}", label=label)
-        best = loss_argmin[cell]
-        if best is not None:
-            ax_l.plot([best], [mean_loss[cell][best]], "*", ms=14, color=f"C{i}")
-    ax_p.axvspan(*fitting.PAPER_PLATEAU_ALPHA, color="0.9", label="paper: shortest plateau")
-    ax_p.set_xlabel("alpha")
-    ax_p.set_ylabel("plateau length (steps, uniform probe)")
-    ax_p.set_title("plateau vs alpha")
-    ax_p.legend(fontsize=7)
-    if any(r is not None for r in results):
-        ax_l.axhline(
-            next(r for r in results if r is not None).summary["level"],
-            color="0.3",
-            ls=":",
-            lw=0.8,
-            label="no-knowledge baseline",
-        )
-    ax_l.set_xlabel("alpha")
-    ax_l.set_ylabel("final eval attribute loss (all individuals)")
-    ax_l.set_title("final loss vs alpha (★ = alpha_opt)")
-    ax_l.legend(fontsize=7)
-    figure = save_study_figure(fig, ctx.out, NAME)
-
-    def fmt_alpha(a: Optional[float]) -> str:
-        return "—" if a is None else f"{a:g}"
-
-    table = [
-        (
-            "alpha with the shortest plateau",
-            ", ".join(f"N={n}: {fmt_alpha(a)}" for n, a in sorted(plateau_argmin.items())),
-            "0.6–0.8 for every N",
-        ),
-        (
-            "alpha_opt (final loss)",
-            ", ".join(
-                f"N={n}/{s} steps: {fmt_alpha(a)}" for (n, s), a in sorted(loss_argmin.items())
-            ),
-            "grows with N, and with shorter budgets",
-        ),
-    ]
-    for cell in sorted(mean_loss):
-        table.append(
-            (
-                f"final loss, N={cell[0]}, {cell[1]} steps",
-                ", ".join(f"α={a:g}: {v:.2f}" for a, v in sorted(mean_loss[cell].items())),
-                "—",
-            )
-        )
-    return study_section(
-        NAME,
-        TITLE,
-        CLAIM,
-        results,
-        verdict=verdict,
-        rule=(
-            "reproduced if the plateau argmin is in [0.6, 0.8] for every N (at least two N "
-            "whose plateaus differ between alphas) and alpha_opt moves only the predicted way "
-            "(up with N, down with budget) at least once; not reproduced if an argmin is outside "
-            "[0.4, 1.0] or contrary moves outnumber agreeing ones; else inconclusive."
-        ),
-        table=table,
-        figure=figure,
-        notes=[
-            "Alphas are compared on the grid; ties go to the smaller alpha, and an N where every "
-            "alpha ties (plateaus within one eval interval) counts as no evidence.",
-            "Loss and plateau use the eval templates of all N individuals, equally weighted.",
-        ],
+class AlphaStudy:
+    name = NAME
+    title = "Imbalanced sampling (alpha)"
+    claim = (
+        "with P(i) ∝ i^-alpha, the plateau is shortest at alpha 0.6–0.8 whatever N; the alpha "
+        "that minimises the final attribute loss (all individuals, equal weight) grows with N and "
+        "with shorter budgets."
     )
+    plan_type = AlphaPlan
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--alphas", type=options.alphas, help="list of alpha, e.g. 0,0.2,0.4")
+        parser.add_argument("--individuals", type=options.sizes, help="list of N")
+        parser.add_argument("--steps", type=options.budgets, help="list of step budgets")
+        parser.add_argument("--seeds", type=options.seeds, help="list of seeds")
+
+    def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        def tup(v: Optional[list]) -> Optional[tuple]:
+            return None if v is None else tuple(sorted(v))
+
+        values = {
+            "alphas": tup(args.alphas),
+            "individuals": tup(args.individuals),
+            "budgets": tup(args.steps),
+            "seeds": None if args.seeds is None else tuple(args.seeds),
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    def check(self, plan: AlphaPlan) -> None:
+        if len(plan.alphas) < 2:
+            raise ValueError("--alphas needs at least two values to compare")
+        for option, values in (
+            ("--individuals", plan.individuals),
+            ("--steps", plan.budgets),
+            ("--seeds", plan.seeds),
+        ):
+            if not values:
+                raise ValueError(f"{option} needs at least one value")
+
+    def run_spec(
+        self, ctx: Context, n: int, alpha: float, seed: int, steps: int, eval_every: int
+    ) -> RunSpec:
+        """The alpha-study run of these settings (also `warmup`'s: same key, trained once)."""
+        return ctx.spec(
+            NAME,
+            f"n{n}-steps{steps}-a{alpha:g}-s{seed}",
+            n=n,
+            seed=seed,
+            eval_every=eval_every,
+            meta={"n": n, "alpha": float(alpha), "seed": seed},
+            steps=steps,
+            sampling="power",
+            alpha=float(alpha),
+            eval_individuals=n,  # every individual, equal weight (see the module docstring)
+        )
+
+    def specs(self, plan: AlphaPlan, ctx: Context) -> list[RunSpec]:
+        steps = max(plan.budgets)
+        return [
+            self.run_spec(ctx, n, a, seed, steps, eval_every(plan, n))
+            for n in plan.individuals
+            for a in plan.alphas
+            for seed in plan.seeds
+        ]
+
+    def execute(self, plan: AlphaPlan, ctx: Context) -> None:
+        ctx.run(self.specs(plan, ctx), NAME)
+
+    def measure(self, plan: AlphaPlan, ctx: Context) -> study.Measured:
+        specs = self.specs(plan, ctx)
+        results = ctx.load(specs)
+        runs: list[rules.AlphaRun] = []
+        censored = none = incomplete = 0
+        for spec, result in zip(specs, results):
+            if result is None:
+                continue
+            losses = losses_at(result, plan.budgets)
+            if losses is None:
+                incomplete += 1
+                continue
+            s = result.summary
+            censored += s.get("plateau_start") is not None and s.get("plateau_end") is None
+            none += s.get("plateau_start") is None
+            m = spec.meta
+            every = int(spec.overrides["eval_every"])
+            runs.append(
+                rules.AlphaRun(m["n"], m["seed"], m["alpha"], plateau_length(result), every, losses)
+            )
+        cells: dict[str, Any] = {}
+        for n in plan.individuals:
+            for a in plan.alphas:
+                here = [r for r in runs if r.n == n and r.alpha == a]
+                if not here:
+                    continue
+                cells[f"n{n}-a{a:g}"] = {
+                    "n": n,
+                    "alpha": a,
+                    "lengths": [r.length for r in here],
+                    "length_mean": float(np.mean([r.length for r in here])),
+                    "final_loss_mean": {
+                        str(b): float(np.mean([r.final_loss[b] for r in here]))
+                        for b in plan.budgets
+                    },
+                }
+        loss_argmin = {}
+        for n in plan.individuals:
+            for b in plan.budgets:
+                means = {
+                    c["alpha"]: c["final_loss_mean"][str(b)] for c in cells.values() if c["n"] == n
+                }
+                if means:
+                    loss_argmin[f"n{n}-steps{b}"] = _grid_argmin(means)
+        notes = [
+            "One run per (N, alpha, seed) of the longest budget at constant lr; shorter budgets "
+            "are its evals at those steps.",
+            "Loss and plateau use the eval templates of all N individuals, equally weighted.",
+            "Plateau length: a plateau not left by the run's end counts up to its last step "
+            "(censored), a run without a detected plateau counts 0; the rule floors both at one "
+            "eval interval before taking logs.",
+        ]
+        if censored or none:
+            notes.append(f"{censored} run(s) censored, {none} run(s) without a plateau.")
+        if incomplete:
+            notes.append(f"{incomplete} finished run(s) lack an eval at a budget (left out).")
+        return study.Measured(
+            judgement=rules.judge_alpha(runs),
+            results=results,
+            numbers={"cells": cells, "loss_argmin_grid": loss_argmin, "censored": censored},
+            notes=notes,
+            extra={"runs": runs},
+        )
+
+    def draw(self, plan: AlphaPlan, ctx: Context, measured: study.Measured) -> Optional[str]:
+        fig = new_figure(ncols=2)
+        ax_p, ax_l = fig.subplots(1, 2)
+        runs: list[rules.AlphaRun] = measured.extra["runs"]
+        ax_p.axvspan(*rules.PAPER_PLATEAU_ALPHA, color="0.9", label="paper: shortest plateau")
+        ax_l.axvspan(*rules.PAPER_PLATEAU_ALPHA, color="0.9")
+        for i, n in enumerate(plan.individuals):
+            here = [r for r in runs if r.n == n]
+            if not here:
+                continue
+            alphas = sorted({r.alpha for r in here})
+            ax_p.scatter(
+                [r.alpha for r in here], [r.length for r in here], s=10, color=f"C{i}", alpha=0.5
+            )
+            means = [np.mean([r.length for r in here if r.alpha == a]) for a in alphas]
+            ax_p.plot(alphas, means, "o-", color=f"C{i}", label=f"N={n}")
+            for j, b in enumerate(plan.budgets):
+                loss = {
+                    a: float(np.mean([r.final_loss[b] for r in here if r.alpha == a]))
+                    for a in alphas
+                }
+                style = "o-" if j == len(plan.budgets) - 1 else "o--"
+                ax_l.plot(
+                    alphas,
+                    [loss[a] for a in alphas],
+                    style,
+                    color=f"C{i}",
+                    label=f"N={n}, {b} steps",
+                )
+                best = _grid_argmin(loss)
+                ax_l.plot([best], [loss[best]], "*", ms=14, color=f"C{i}")
+        ax_p.set_xlabel("alpha")
+        ax_p.set_ylabel("plateau length (steps, uniform probe)")
+        ax_p.set_title("plateau vs alpha (line: mean over seeds)")
+        ax_p.legend(fontsize=7)
+        ax_l.set_xlabel("alpha")
+        ax_l.set_ylabel("eval attribute loss at the budget (all individuals)")
+        ax_l.set_title("final loss vs alpha (★ = grid argmin)")
+        if runs:
+            ax_l.legend(fontsize=7)
+        return save_study_figure(fig, ctx.out, NAME)
+
+    def table(self, plan: AlphaPlan, measured: study.Measured) -> list[study.Row]:
+        j = measured.judgement
+
+        def text(estimate: Any) -> str:
+            return "—" if estimate is None else estimate.text()
+
+        rows: list[study.Row] = [
+            (
+                "alpha of the shortest plateau (primary)",
+                text(j and j.primary),
+                "0.6–0.8 for every N",
+            ),
+            (
+                "alpha_opt(large N) - alpha_opt(small N), shortest budget",
+                text(j and j.secondary.get("loss_argmin_shift_n")),
+                "> 0",
+            ),
+            (
+                "alpha_opt(long) - alpha_opt(short budget), largest N",
+                text(j and j.secondary.get("loss_argmin_shift_budget")),
+                "< 0",
+            ),
+        ]
+        cells = measured.numbers["cells"]
+        for n in plan.individuals:
+            here = [c for c in cells.values() if c["n"] == n]
+            if not here:
+                continue
+            rows.append(
+                (
+                    f"mean plateau, N={n}",
+                    ", ".join(f"α={c['alpha']:g}: {c['length_mean']:.0f}" for c in here),
+                    "—",
+                )
+            )
+            for b in plan.budgets:
+                rows.append(
+                    (
+                        f"mean loss, N={n}, {b} steps",
+                        ", ".join(
+                            f"α={c['alpha']:g}: {c['final_loss_mean'][str(b)]:.3f}" for c in here
+                        ),
+                        "—",
+                    )
+                )
+        return rows
+
+
+STUDY = AlphaStudy()

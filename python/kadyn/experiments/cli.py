@@ -2,52 +2,61 @@
 
     kadyn-exp plateau --individuals 250,500,1000,2000,4000 --seeds 0,1,2
     kadyn-exp alpha --alphas 0,0.2,0.4,0.6,0.8,1 --steps 300,600
-    kadyn-exp warmup | hallucination | finetune --replay 0,0.125,0.5,1 | patching
-    kadyn-exp all --scale cpu --out /tmp/kadyn-exp     # all six, then the report
-    kadyn-exp report --out /tmp/kadyn-exp              # rebuild report.md from cached runs
+    kadyn-exp warmup | hallucination | finetune --replay 0,0.125,0.5,1 | patching | analyses
+    kadyn-exp all --scale cpu --out /tmp/kadyn-exp     # every study, then the report
+    kadyn-exp report --out /tmp/kadyn-exp              # rebuild report.md/.json from cached runs
+    kadyn-exp pilot --out /tmp/pilot                   # seed spread on the pilot seeds, power
 
-Every study writes OUT/<study>/study.json (its resolved options and the scale's trainer settings)
+Every study writes OUT/<study>/study.json (its resolved plan and the scale's trainer settings)
 beside its runs, so `report` can re-analyse any study from disk alone; the report always holds a
-section for every study found under OUT.
+section for every study found under OUT, and report.json the same numbers with the rules' hash.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Optional, Sequence
 
+from kadyn.config import OneLineParser
 from kadyn.experiments import (
     alpha,
+    analyses,
     finetune,
+    fit,
     hallucination,
     options,
     patching,
     plateau,
     report,
+    rules,
     warmup,
 )
 from kadyn.experiments.runner import Context, RunFailed, cpu_count
 from kadyn.experiments.scales import SCALES, get_scale
+from kadyn.experiments.study import Study, analyze, plan_from_dict, resolve
 from kadyn.fileio import atomic_write_text
 
 PROG = "kadyn-exp"
 # Run order of `all`: warmup after alpha, whose runs it reuses.
-STUDIES: dict[str, ModuleType] = {
-    m.NAME: m for m in (plateau, alpha, warmup, hallucination, finetune, patching)
+STUDIES: dict[str, Study] = {
+    s.name: s
+    for s in (
+        plateau.STUDY,
+        alpha.STUDY,
+        warmup.STUDY,
+        hallucination.STUDY,
+        finetune.STUDY,
+        patching.STUDY,
+        analyses.STUDY,
+    )
 }
 SUITE_FILE = "suite.json"
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse prints the whole usage on error; one line naming the problem is easier to read."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -67,18 +76,27 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser: argparse.ArgumentParser = _OneLineParser(
+    parser: argparse.ArgumentParser = OneLineParser(
         prog=PROG,
         description="Redraw the findings of Zucchet et al. (2025) with kadyn; write report.md.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     studies: dict[str, argparse.ArgumentParser] = {}
-    for name, module in STUDIES.items():
-        p = sub.add_parser(name, help=module.TITLE, description=f"Paper: {module.CLAIM}")
+    for name, study in STUDIES.items():
+        p = sub.add_parser(name, help=study.title, description=f"Paper: {study.claim}")
         _add_common(p)
-        module.add_arguments(p)
+        study.add_arguments(p)
         studies[name] = p
-    _add_common(sub.add_parser("all", help="run all six studies, then write the report"))
+    _add_common(sub.add_parser("all", help="run every study, then write the report"))
+    p_pilot = sub.add_parser(
+        "pilot",
+        help="run every finding's plan on the pilot seeds; print the spread and the seeds a "
+        "conclusive verdict needs (the power analysis behind rules.py's registrations)",
+    )
+    _add_common(p_pilot)
+    p_pilot.add_argument(
+        "--studies", nargs="+", choices=list(rules.REGISTRATIONS), help="default: every finding"
+    )
     p_report = sub.add_parser("report", help="rebuild report.md from the runs under --out")
     p_report.add_argument("--out", default="runs/exp", help="output directory (default runs/exp)")
     return parser, studies
@@ -108,19 +126,21 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1))
 
 
-def run_study(module: ModuleType, args: argparse.Namespace, out: Path) -> list[str]:
-    """Resolve options, record them, train what is missing; returns failure messages."""
+def run_study(
+    study: Study, args: argparse.Namespace, out: Path, plan: Optional[Any] = None
+) -> list[str]:
+    """Resolve the plan (unless given), record it, train what is missing; returns failures."""
     scale = get_scale(args.scale)
-    opts = module.resolve(args, scale)
+    plan = plan or resolve(study, args, scale.plan(study.name))
     ctx = _context(out, args.scale, args)
-    study_file = out / module.NAME / report.STUDY_FILE
-    previous = report.read_study_file(out / module.NAME)
+    study_file = out / study.name / report.STUDY_FILE
+    previous = report.read_study_file(out / study.name)
     info = {
-        "study": module.NAME,
+        "study": study.name,
         "scale": scale.name,
         "preset": ctx.preset,
         "base": ctx.base,
-        "options": opts,
+        "plan": dataclasses.asdict(plan),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "wall_s": None,
     }
@@ -128,39 +148,40 @@ def run_study(module: ModuleType, args: argparse.Namespace, out: Path) -> list[s
     t0 = time.perf_counter()
     failures = []
     try:
-        module.execute(opts, ctx)
+        study.execute(plan, ctx)
     except RunFailed as e:
-        failures.append(f"{module.NAME}: {e}")
+        failures.append(f"{study.name}: {e}")
     info["wall_s"] = time.perf_counter() - t0
-    if ctx.trained == 0 and previous and previous.get("options") == opts:
+    if ctx.trained == 0 and previous and previous.get("plan") == info["plan"]:
         # Everything was cached: keep the wall time of the call that trained the runs.
         info["wall_s"], info["started"] = previous.get("wall_s"), previous.get("started")
     _write_json(study_file, info)
     return failures
 
 
-def analyze_study(module: ModuleType, out: Path) -> Optional[report.Section]:
+def analyze_study(study: Study, out: Path) -> Optional[report.Section]:
     """Re-analyse a study from its study.json and cached runs; keep the section beside it."""
-    info = report.read_study_file(out / module.NAME)
-    if info is None:
+    info = report.read_study_file(out / study.name)
+    if info is None or "plan" not in info:  # absent, or written by the first edition
         return None
     ctx = Context(out=out, preset=info["preset"], base=info["base"], progress=False)
-    section = module.analyze(info["options"], ctx)
+    section = analyze(study, plan_from_dict(study.plan_type, info["plan"]), ctx)
     section.study_wall_s = info.get("wall_s")
-    report.save_section(section, out / module.NAME)
+    report.save_section(section, out / study.name)
     return section
 
 
 def write_report(out: Path, reanalyze: Sequence[str]) -> Optional[Path]:
-    """report.md from every study under OUT: those in `reanalyze` are analysed afresh (figure
-    included), the others reuse their saved section. None if OUT holds no study."""
+    """report.md (and report.json) from every study under OUT: those in `reanalyze` are
+    analysed afresh (figure included), the others reuse their saved section. None if OUT holds
+    no study."""
     sections = []
     scales = set()
-    for name, module in STUDIES.items():
+    for name, study in STUDIES.items():
         if name in reanalyze:
-            section = analyze_study(module, out)
+            section = analyze_study(study, out)
         else:
-            section = report.load_section(out / name) or analyze_study(module, out)
+            section = report.load_section(out / name) or analyze_study(study, out)
         if section is None:
             continue
         sections.append(section)
@@ -174,6 +195,43 @@ def write_report(out: Path, reanalyze: Sequence[str]) -> Optional[Path]:
     if suite.exists():
         header["suite_wall_s"] = json.loads(suite.read_text()).get("wall_s")
     return report.write_report(out, sections, header)
+
+
+def pilot(args: argparse.Namespace, out: Path) -> tuple[list[str], Path]:
+    """Each finding's plan on `rules.PILOT_SEEDS`, then the power analysis: the seeds that make
+    its verdict conclusive with 80% probability if the truth is the pilot's value, or the
+    paper's (the centre of a two-sided claim). Writes OUT/pilot.json and prints a table."""
+    scale = get_scale(args.scale)
+    failures: list[str] = []
+    rows = {}
+    for name in args.studies or list(rules.REGISTRATIONS):
+        study, reg = STUDIES[name], rules.REGISTRATIONS[name]
+        plan = dataclasses.replace(scale.plan(name), seeds=rules.PILOT_SEEDS)
+        failures += run_study(study, args, out, plan)
+        section = analyze_study(study, out)
+        primary = None if section is None else section.numbers.get("primary")
+        row: dict[str, Any] = {"primary": primary, "pilot_seeds": list(rules.PILOT_SEEDS)}
+        if primary is not None:
+            estimate = fit.Estimate(
+                primary["value"], tuple(primary["ci"]), primary["n"], primary["method"]
+            )
+            region = reg.primary.region
+            se, _ = fit.standard_error(estimate, rules.LEVEL)
+            row["se"] = se
+            row["sd_per_seed"] = se * (len(rules.PILOT_SEEDS) ** 0.5)
+            k = len(rules.PILOT_SEEDS)
+            row["seeds_if_truth_is_pilot"] = fit.seeds_for(
+                estimate, k, region.distance_to_edge(estimate.value), level=rules.LEVEL
+            )
+            if all(map(math.isfinite, (region.lo, region.hi))):
+                row["seeds_if_truth_is_paper"] = fit.seeds_for(
+                    estimate, k, (region.hi - region.lo) / 2, level=rules.LEVEL
+                )
+        rows[name] = row
+        print(f"{name}: {json.dumps(row)}")
+    path = out / "pilot.json"
+    _write_json(path, rows)
+    return failures, path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -191,15 +249,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 2
             print(f"wrote {path}")
             return 0
-        if args.command == "all":
+        if args.command == "pilot":
+            failures, path = pilot(args, out)
+        elif args.command == "all":
             t0 = time.perf_counter()
             common = ["--scale", args.scale, "--out", str(out)]
-            for name, module in STUDIES.items():
+            for name, study in STUDIES.items():
                 # Each study's own defaults (its scale plan), plus the shared options.
                 study_args = study_parsers[name].parse_args(common)
                 study_args.jobs, study_args.threads = args.jobs, args.threads
                 study_args.no_progress = args.no_progress
-                failures += run_study(module, study_args, out)
+                failures += run_study(study, study_args, out)
                 write_report(out, reanalyze=[name])  # a readable report after every study
             _write_json(out / SUITE_FILE, {"scale": args.scale, "wall_s": time.perf_counter() - t0})
             path = write_report(out, reanalyze=[])

@@ -1,210 +1,332 @@
 """Study `finetune`: fine-tuning on new individuals forgets the old ones; replay (finding 7).
 
-Stage 1 pre-trains on the `train` population (the world also holds the `new` population from the
-start, so the vocabulary and the world are the same in both stages). Stage 2 starts one run per
-replay weight from the pre-trained checkpoint (`init_checkpoint`: fresh optimizer, step 0), on the
-`new` population at a constant small learning rate, with `replay` rows of old biographies per row
-of new ones in each batch. The trainer probes old individuals (`old/attr_acc`) and new ones
-(`eval/attr_acc`) at every evaluation. The paper: old accuracy collapses in the first hundreds of
-steps while new individuals are learned slowly; replay helps later, not at the start.
+Design: per seed, one pre-training on the `train` population whose world already holds the `new`
+population (the largest count of the plan), so vocabulary and world are those of fine-tuning. The
+engine draws the train population independently of the number of new individuals (and the new
+population of a smaller count is a prefix of the larger one), so this one pre-training serves
+every count. Fine-tune runs start from its checkpoint (`init_checkpoint`: fresh optimizer, step
+0), one per (seed, count, replay weight), on the `new` population at a constant small lr, with
+`replay` rows of old biographies per new row; their stream seed is seed + 1000, the world seed
+the pre-training's. The trainer probes old individuals (`old/attr_acc`) and new ones
+(`eval/attr_acc`); `rules.judge_finetune` decides on the largest count. Beside it, which weights
+move: relative change of each parameter group between the pre-trained and fine-tuned weights.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any, Optional
 
-from kadyn.experiments import fit as fitting
-from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
+import numpy as np
+
+from kadyn.experiments import options, rules, study
+from kadyn.experiments.report import new_figure, save_study_figure
 from kadyn.experiments.runner import Context, RunResult, RunSpec
-from kadyn.experiments.scales import Scale
+from kadyn.experiments.scales import FinetunePlan
 
 NAME = "finetune"
-TITLE = "Fine-tuning forgets; replay"
-CLAIM = (
-    "fine-tuning on new individuals (constant small lr) makes old individuals' accuracy collapse "
-    "in the first hundreds of steps while new ones are learned slowly; replaying old data helps "
-    "later, not at the start."
-)
-EARLY_FRACTION = 0.1  # the early point: the first eval at >= 10% of the fine-tuning steps
+STREAM_OFFSET = 1000  # fine-tuning stream seed = seed + this (not the pre-training's stream)
+GROUPS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp", "embeddings", "norms")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--replay", type=options.replay, help="replay weights, e.g. 0,0.125,0.5,1")
-    parser.add_argument("--individuals", type=options.size, help="N of the pre-training")
-    parser.add_argument("--pretrain-steps", type=options.steps, help="pre-training steps")
-    parser.add_argument("--new-individuals", type=options.size, help="individuals fine-tuned on")
-    parser.add_argument("--steps", type=options.steps, help="fine-tuning steps")
-    parser.add_argument("--lr", type=options.learning_rate, help="constant fine-tuning lr")
+def _replay(plan: FinetunePlan) -> list[float]:
+    """The plan's weights, always with 0 (the no-replay run every statistic refers to)."""
+    return sorted({0.0, *(float(w) for w in plan.replay)})
 
 
-def resolve(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
-    plan = scale.finetune
-    replay = sorted(set([0.0] + list(args.replay if args.replay is not None else plan.replay)))
-    steps = args.steps or plan.steps
-    pretrain_steps = args.pretrain_steps or plan.pretrain_steps
-    return {
-        "individuals": args.individuals or plan.individuals,
-        "pretrain_steps": pretrain_steps,
-        "new_individuals": args.new_individuals or plan.new_individuals,
-        "steps": steps,
-        "lr": args.lr or plan.lr,
-        "replay": replay,
-        "eval_every": min(plan.eval_every, max(1, steps // 10)),
-        "pretrain_eval_every": min(plan.pretrain_eval_every, pretrain_steps),
-        "eval_cap": scale.eval_cap,
-    }
+def weight_groups(state: dict[str, Any]) -> dict[str, list[Any]]:
+    """Tensors of a model state dict by group; the fused qkv matrix split into q, k and v."""
+    groups: dict[str, list[Any]] = {g: [] for g in GROUPS}
+    for name, w in state.items():
+        if name.endswith("attn.qkv.weight"):
+            q, k, v = w.float().chunk(3, dim=0)
+            groups["attn.q"].append(q)
+            groups["attn.k"].append(k)
+            groups["attn.v"].append(v)
+        elif name.endswith("attn.proj.weight"):
+            groups["attn.o"].append(w.float())
+        elif ".mlp." in name:
+            groups["mlp"].append(w.float())
+        elif name.startswith("embed.") or name.startswith("head."):
+            groups["embeddings"].append(w.float())
+        else:
+            groups["norms"].append(w.float())
+    return groups
 
 
-def _world(opts: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "individuals": opts["individuals"],
-        "new_individuals": opts["new_individuals"],
-        "eval_individuals": min(
-            opts["eval_cap"], max(opts["individuals"], opts["new_individuals"])
-        ),
-    }
+def relative_change(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, float]:
+    """||W_ft - W_pre|| / ||W_pre|| per group (Frobenius norm over the group's tensors)."""
+    a, b = weight_groups(pre), weight_groups(post)
+    out = {}
+    for g in GROUPS:
+        if not a[g]:
+            continue
+        num = sum(float(((y - x) ** 2).sum()) for x, y in zip(a[g], b[g]))
+        den = sum(float((x**2).sum()) for x in a[g])
+        out[g] = (num / den) ** 0.5 if den > 0 else float("nan")
+    return out
 
 
-def pretrain_spec(opts: dict[str, Any], ctx: Context) -> RunSpec:
-    every = opts["pretrain_eval_every"]
-    return ctx.spec(
-        NAME,
-        f"pretrain-n{opts['individuals']}",
-        **_world(opts),
-        steps=opts["pretrain_steps"],
-        eval_every=every,
-        checkpoint_every=every,
-        seed=0,
-        world_seed=0,
+class FinetuneStudy:
+    name = NAME
+    title = "Fine-tuning forgets; replay"
+    claim = (
+        "fine-tuning on new individuals (constant small lr) makes old individuals' accuracy "
+        "collapse in the first hundreds of steps while new ones are learned slowly; replaying "
+        "old data helps later, not at the start."
     )
+    plan_type = FinetunePlan
 
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--replay", type=options.replay, help="replay weights, e.g. 0,0.5,1")
+        parser.add_argument("--individuals", type=options.size, help="N of the pre-training")
+        parser.add_argument("--pretrain-steps", type=options.steps, help="pre-training steps")
+        parser.add_argument(
+            "--new-individuals",
+            type=options.sizes,
+            help="counts of new individuals fine-tuned on, e.g. 64,256 (the largest decides)",
+        )
+        parser.add_argument("--steps", type=options.steps, help="fine-tuning steps")
+        parser.add_argument("--lr", type=options.learning_rate, help="constant fine-tuning lr")
+        parser.add_argument("--seeds", type=options.seeds, help="list of seeds, e.g. 0,1,2")
 
-def finetune_specs(opts: dict[str, Any], ctx: Context) -> list[RunSpec]:
-    # Relative to OUT (resolved by the runner), so a moved OUT keeps its cache.
-    init = f"{NAME}/{pretrain_spec(opts, ctx).key()}/checkpoint.pt"
-    return [
-        ctx.spec(
+    def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        fields = {
+            "replay": args.replay,
+            "individuals": args.individuals,
+            "pretrain_steps": args.pretrain_steps,
+            "new_individuals": args.new_individuals,
+            "steps": args.steps,
+            "lr": args.lr,
+            "seeds": args.seeds,
+        }
+        return {
+            k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if v is not None
+        }
+
+    def check(self, plan: FinetunePlan) -> None:
+        if not plan.seeds:
+            raise ValueError("--seeds: at least one seed is needed")
+        if not plan.new_individuals:
+            raise ValueError("--new-individuals: at least one count is needed")
+        if len(_replay(plan)) < 2:
+            raise ValueError("--replay: at least one weight > 0 is needed beside no replay")
+        if plan.eval_every > plan.steps:
+            raise ValueError(f"--steps must be >= the eval interval {plan.eval_every}")
+        if plan.pretrain_eval_every > plan.pretrain_steps:
+            raise ValueError(
+                f"--pretrain-steps must be >= the eval interval {plan.pretrain_eval_every}"
+            )
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def specs(self, plan: FinetunePlan, ctx: Context) -> list[RunSpec]:
+        """The runs that can be planned before any training: the pre-trainings, then their
+        fine-tunings (they only need the pre-training's checkpoint path)."""
+        pre = [self.pretrain_spec(plan, ctx, s) for s in plan.seeds]
+        return pre + [f for s in plan.seeds for f in self.finetune_specs(plan, ctx, s)]
+
+    def pretrain_spec(self, plan: FinetunePlan, ctx: Context, seed: int) -> RunSpec:
+        return ctx.spec(
             NAME,
-            f"ft-new{opts['new_individuals']}-replay{w:g}",
-            meta={"replay": w},
-            **_world(opts),
-            init_checkpoint=init,
-            population="new",
-            replay_weight=float(w),
-            constant_lr=True,
-            lr=opts["lr"],
-            steps=opts["steps"],
-            eval_every=opts["eval_every"],
-            checkpoint_every=opts["eval_every"] * 5,
-            seed=1,
-            world_seed=0,
+            f"pretrain-n{plan.individuals}-s{seed}",
+            n=plan.individuals,
+            seed=seed,
+            eval_every=plan.pretrain_eval_every,
+            meta={"seed": seed},
+            new_individuals=max(plan.new_individuals),
+            steps=plan.pretrain_steps,
         )
-        for w in opts["replay"]
-    ]
 
+    def finetune_specs(self, plan: FinetunePlan, ctx: Context, seed: int) -> list[RunSpec]:
+        # Relative to OUT (resolved by the runner), so a moved OUT keeps its cache.
+        init = f"{NAME}/{self.pretrain_spec(plan, ctx, seed).key()}/checkpoint.pt"
+        specs = []
+        for count in plan.new_individuals:
+            for w in _replay(plan):
+                spec = ctx.spec(
+                    NAME,
+                    f"ft-n{plan.individuals}-new{count}-replay{w:g}-s{seed}",
+                    n=plan.individuals,
+                    seed=seed + STREAM_OFFSET,
+                    eval_every=plan.eval_every,
+                    meta={"seed": seed, "count": count, "replay": w},
+                    world_seed=seed,  # the pre-training's world
+                    new_individuals=count,
+                    init_checkpoint=init,
+                    population="new",
+                    replay_weight=w,
+                    constant_lr=True,
+                    lr=plan.lr,
+                    steps=plan.steps,
+                )
+                specs.append(spec)
+        return specs
 
-def execute(opts: dict[str, Any], ctx: Context) -> None:
-    ctx.run([pretrain_spec(opts, ctx)], f"{NAME} (pre-train)")
-    ctx.run(finetune_specs(opts, ctx), NAME)
+    def execute(self, plan: FinetunePlan, ctx: Context) -> None:
+        ctx.run([self.pretrain_spec(plan, ctx, s) for s in plan.seeds], f"{NAME} (pre-train)")
+        ctx.run([x for s in plan.seeds for x in self.finetune_specs(plan, ctx, s)], NAME)
 
+    # -- measurement ---------------------------------------------------------------------------
 
-def _at(result: RunResult, step: int, key: str) -> float:
-    """The value of `key` at the first eval at or after `step`."""
-    record = next((r for r in result.records if r["step"] >= step), result.records[-1])
-    return float(record[key])
+    def measure(self, plan: FinetunePlan, ctx: Context) -> study.Measured:
+        import torch  # lazy: keeps `kadyn-exp --help` free of torch
 
+        from kadyn.checkpoint import checkpoint_path, load_checkpoint
 
-def analyze(opts: dict[str, Any], ctx: Context) -> Section:
-    pre = ctx.load([pretrain_spec(opts, ctx)])[0]
-    runs = finetune_specs(opts, ctx)
-    results = ctx.load(runs)
-    early = max(1, math.ceil(EARLY_FRACTION * opts["steps"]))
-    by_w = {s.meta["replay"]: r for s, r in zip(runs, results) if r is not None}
-    stats: Optional[fitting.FinetuneStats] = None
-    if 0.0 in by_w:
-        stats = fitting.FinetuneStats(
-            old_start=_at(by_w[0.0], 0, "old/attr_acc"),
-            old_early={w: _at(r, early, "old/attr_acc") for w, r in by_w.items()},
-            old_final={w: float(r.records[-1]["old/attr_acc"]) for w, r in by_w.items()},
-            new_early={w: _at(r, early, "eval/attr_acc") for w, r in by_w.items()},
-            new_final={w: float(r.records[-1]["eval/attr_acc"]) for w, r in by_w.items()},
-        )
-        verdict = fitting.finetune_verdict(stats)
-    else:
-        verdict = fitting.Verdict(fitting.INCONCLUSIVE, "the run without replay did not finish")
-
-    fig = new_figure(ncols=2)
-    ax_old, ax_new = fig.subplots(1, 2)
-    for i, (w, r) in enumerate(sorted(by_w.items())):
-        ax_old.plot(*r.series("old/attr_acc"), color=f"C{i}", label=f"replay {w:g}")
-        ax_new.plot(*r.series("eval/attr_acc"), color=f"C{i}", label=f"replay {w:g}")
-    for ax, title in ((ax_old, "old individuals"), (ax_new, "new individuals")):
-        ax.axvline(early, color="0.6", ls=":", lw=0.8)
-        ax.set_xscale("symlog", linthresh=max(1, opts["eval_every"]))
-        ax.set_xlim(left=0)
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("eval accuracy")
-        ax.set_title(f"{title} (early point dotted)")
-        ax.legend(fontsize=7)
-    figure = save_study_figure(fig, ctx.out, NAME)
-
-    table = []
-    if pre is not None:
-        table.append(
-            (
-                "pre-training: eval accuracy",
-                f"{pre.records[-1]['eval/attr_acc']:.3f} after {opts['pretrain_steps']} steps",
-                "—",
+        pre_specs = [self.pretrain_spec(plan, ctx, s) for s in plan.seeds]
+        ft_specs = [x for s in plan.seeds for x in self.finetune_specs(plan, ctx, s)]
+        pre_results = ctx.load(pre_specs)
+        ft_results = ctx.load(ft_specs)
+        pre_by_seed = {s: r for s, r in zip(plan.seeds, pre_results)}
+        done: dict[tuple[int, int, float], RunResult] = {
+            (x.meta["seed"], x.meta["count"], x.meta["replay"]): r
+            for x, r in zip(ft_specs, ft_results)
+            if r is not None
+        }
+        runs: list[rules.FinetuneRun] = []
+        notes: list[str] = []
+        per_run: dict[str, Any] = {}
+        changes: dict[
+            str, dict[str, float]
+        ] = {}  # "s{seed}-new{count}-replay{w}" -> group -> change
+        weights = _replay(plan)
+        for seed in plan.seeds:
+            pre = pre_by_seed[seed]
+            pre_state = None
+            if pre is not None and checkpoint_path(pre.dir).exists():
+                pre_state = load_checkpoint(checkpoint_path(pre.dir))["model"]
+            for count in plan.new_individuals:
+                got = {w: done.get((seed, count, w)) for w in weights}
+                for w, r in got.items():
+                    path = None if r is None else checkpoint_path(r.dir)
+                    if pre_state is not None and path is not None and path.exists():
+                        post = load_checkpoint(path)["model"]
+                        with torch.no_grad():
+                            changes[f"s{seed}-new{count}-replay{w:g}"] = relative_change(
+                                pre_state, post
+                            )
+                if pre is None or any(r is None for r in got.values()):
+                    continue
+                none = got[0.0]
+                assert none is not None
+                # Old accuracy before fine-tuning: the fine-tune's step-0 eval if recorded, else
+                # the pre-training's final eval (the same weights).
+                first = none.records[0]
+                if first["step"] == 0 and first.get("old/attr_acc") is not None:
+                    old_start = float(first["old/attr_acc"])
+                else:
+                    old_start = float(pre.records[-1]["eval/attr_acc"])
+                old = {w: r.series("old/attr_acc")[1] for w, r in got.items() if r is not None}
+                new = {w: r.series("eval/attr_acc")[1] for w, r in got.items() if r is not None}
+                length = min(len(v) for v in [*old.values(), *new.values()])
+                run = rules.FinetuneRun(
+                    seed=seed,
+                    new_individuals=count,
+                    old_start=old_start,
+                    old_acc={w: v[:length] for w, v in old.items()},
+                    new_acc={w: v[:length] for w, v in new.items()},
+                )
+                runs.append(run)
+                per_run[f"s{seed}-new{count}"] = {
+                    "seed": seed,
+                    "new_individuals": count,
+                    "old_start": old_start,
+                    "pretrain_acc": float(pre.records[-1]["eval/attr_acc"]),
+                    **rules.finetune_numbers(run),
+                    "steps": none.series("old/attr_acc")[0][:length],
+                }
+        main = max(plan.new_individuals)
+        mean_change: dict[str, dict[str, float]] = {}
+        for w in weights:
+            picked = [v for k, v in changes.items() if k.endswith(f"-new{main}-replay{w:g}")]
+            if picked:
+                mean_change[f"{w:g}"] = {
+                    g: float(np.mean([p[g] for p in picked if g in p])) for g in picked[0]
+                }
+        if mean_change:
+            top = mean_change.get("0", next(iter(mean_change.values())))
+            group = max(top, key=lambda g: top[g])
+            notes.append(
+                f"Weights moved most (relative change, {main} new, no replay): {group} "
+                f"({top[group]:.3g}); attention q/k/v/o vs MLP vs embeddings in the table."
             )
+        notes.append(
+            f"One pre-training per seed (world holding {main} new individuals; the train "
+            "population does not depend on the count); fine-tuning at constant lr "
+            f"{plan.lr:g} for {plan.steps} steps, stream seed + {STREAM_OFFSET}; replay weight = "
+            "old rows per new row in each batch."
         )
-    if stats is not None:
-        for w in sorted(stats.old_early):
-            table.append(
+        missing = 0
+        return study.Measured(
+            judgement=rules.judge_finetune(runs),
+            results=[*pre_results, *ft_results],
+            numbers={"runs": per_run, "weight_change": changes, "weight_change_main": mean_change},
+            notes=notes,
+            missing=missing,
+            extra={"done": done, "runs": runs, "main": main, "mean_change": mean_change},
+        )
+
+    def draw(self, plan: FinetunePlan, ctx: Context, measured: study.Measured) -> Optional[str]:
+        done: dict[tuple[int, int, float], RunResult] = measured.extra.get("done", {})
+        runs: list[rules.FinetuneRun] = measured.extra.get("runs", [])
+        main = measured.extra.get("main", max(plan.new_individuals))
+        mean_change: dict[str, dict[str, float]] = measured.extra.get("mean_change", {})
+        fig = new_figure(ncols=3)
+        ax_old, ax_new, ax_w = fig.subplots(1, 3)
+        seed = plan.seeds[0]
+        for i, w in enumerate(_replay(plan)):
+            r = done.get((seed, main, w))
+            if r is None:
+                continue
+            ax_old.plot(*r.series("old/attr_acc"), color=f"C{i}", label=f"replay {w:g}")
+            ax_new.plot(*r.series("eval/attr_acc"), color=f"C{i}", label=f"replay {w:g}")
+        first = next((x for x in runs if x.seed == seed and x.new_individuals == main), None)
+        none = done.get((seed, main, 0.0))
+        if first is not None and none is not None:
+            i = rules.early_index(first.old_acc[0.0], first.old_start)
+            step = none.series("old/attr_acc")[0][i]
+            for ax in (ax_old, ax_new):
+                ax.axvline(step, color="0.6", ls=":", lw=0.8)
+            ax_old.axhline(first.old_start, color="0.3", ls="--", lw=0.8, label="before")
+        for ax, title in ((ax_old, "old individuals"), (ax_new, "new individuals")):
+            ax.set_xlabel("fine-tuning step")
+            ax.set_ylabel("eval accuracy")
+            ax.set_title(f"{title}, {main} new, seed {seed} (early point dotted)", fontsize=9)
+            ax.legend(fontsize=7)
+        if mean_change:
+            groups = list(next(iter(mean_change.values())))
+            x = np.arange(len(groups))
+            width = 0.8 / len(mean_change)
+            for i, (w, values) in enumerate(mean_change.items()):
+                ax_w.bar(
+                    x + i * width, [values.get(g, 0.0) for g in groups], width, label=f"replay {w}"
+                )
+            ax_w.set_xticks(x + 0.4 - width / 2, groups, rotation=30, fontsize=7)
+            ax_w.legend(fontsize=7)
+        ax_w.set_ylabel("||W_ft - W_pre|| / ||W_pre||")
+        ax_w.set_title(f"which weights move ({main} new, mean over seeds)", fontsize=9)
+        return save_study_figure(fig, ctx.out, NAME)
+
+    def table(self, plan: FinetunePlan, measured: study.Measured) -> list[study.Row]:
+        rows: list[study.Row] = []
+        j = measured.judgement
+        if j is not None:
+            reg = rules.REGISTRATIONS[j.finding]
+            rows.append(
                 (
-                    f"replay {w:g}: old acc start → early → end",
-                    f"{stats.old_start:.3f} → {stats.old_early[w]:.3f} → {stats.old_final[w]:.3f}",
-                    "collapses early" if w == 0 else "kept better later",
+                    reg.primary.description,
+                    "—" if j.primary is None else j.primary.text(),
+                    reg.primary.region.text(),
                 )
             )
-            table.append(
-                (
-                    f"replay {w:g}: new acc early → end",
-                    f"{stats.new_early[w]:.3f} → {stats.new_final[w]:.3f}",
-                    "learned slowly" if w == 0 else "—",
-                )
-            )
-        table.append(
-            (
-                "forgetting (old acc lost), no replay / max replay, at the end",
-                f"{stats.old_start - stats.old_final[0.0]:.3f} / "
-                f"{stats.old_start - stats.old_final[max(stats.old_final)]:.3f}",
-                "—",
-            )
-        )
-    return study_section(
-        NAME,
-        TITLE,
-        CLAIM,
-        [pre] + results,
-        verdict=verdict,
-        rule=(
-            f"inconclusive if pre-training reached < {fitting.MIN_PRETRAINED_ACC:.0%} old "
-            f"accuracy; reproduced if without replay at least "
-            f"{fitting.COLLAPSE_FRACTION:.0%} of old accuracy is lost by the early point (step "
-            f"{early}) while new accuracy there is below half the pre-trained old accuracy, and "
-            f"the largest replay keeps ≥ {fitting.MIN_REPLAY_GAIN:.0%} more old accuracy at the "
-            f"end, its early gain being at most {fitting.EARLY_REPLAY_SHARE:.0%} of that; "
-            "not reproduced if little is forgotten (< "
-            f"{fitting.NO_FORGETTING_FRACTION:.0%} lost early and at the end) or replay keeps "
-            "nothing at the end; else inconclusive."
-        ),
-        table=table,
-        figure=figure,
-        notes=[
-            f"Fine-tuning: {opts['new_individuals']} new individuals, constant lr {opts['lr']:g}, "
-            f"{opts['steps']} steps; replay weight = old rows per new row in each batch.",
-        ],
-    )
+            for s in reg.secondary:
+                e = j.secondary.get(s.key)
+                rows.append((s.description, "—" if e is None else e.text(), s.region.text()))
+        for w, values in measured.extra.get("mean_change", {}).items():
+            text = ", ".join(f"{g} {v:.3g}" for g, v in values.items())
+            rows.append((f"relative weight change, replay {w}", text, "—"))
+        return rows
+
+
+STUDY = FinetuneStudy()

@@ -1,233 +1,287 @@
 """Study `patching`: do recall circuits form during the plateau? Attention patching (finding 3).
 
-Stage 1 trains a reference run and snapshots its weights at every evaluation. Stage 2 trains fresh
-twin models (another seed) whose softmax attention patterns are, in every layer, those of one
-reference snapshot run on the very same batch: the model's replaceable-attention path
-(`attention_override`) with the patterns detached, so no gradient reaches the twin's queries and
-keys, and a fresh optimizer since the twin starts at step 0. The snapshots are chosen from the
-reference's detected phases: untrained (step 0), plateau start, mid-plateau, late plateau, after
-the plateau. An unpatched twin is the comparison. The paper: post-plateau patterns remove the
-plateau; the earliest trained patterns are worse than untrained ones.
+Design: per seed, a reference run snapshots its weights at every evaluation and stops
+`after_knowledge` steps past its knowledge phase. Sources are chosen from its detected phases:
+init (step 0), statistics (half way to the plateau start), plateau_start, plateau_mid (50% into
+the plateau), plateau_late (85%), post (end + half the plateau's length, capped at the last
+step), each snapped to the first evaluated step at or after its target (quarters of the onset
+when no plateau was detected). Stage 2 trains twins (seed + 1000) whose attention patterns are,
+in every layer, those of one snapshot run on the same batch, plus one unpatched twin; twins stop
+at twice the reference's last step so the unpatched twin's onset is observed, not cut.
+`rules.judge_patching` compares knowledge onsets (censored at a twin's last step) and mean losses.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any, Optional
 
 import numpy as np
 
-from kadyn.experiments import fit as fitting
-from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
+from kadyn.experiments import options, rules, study
+from kadyn.experiments.report import new_figure, save_study_figure
 from kadyn.experiments.runner import Context, RunResult, RunSpec, snapshot_path
-from kadyn.experiments.scales import Scale
+from kadyn.experiments.scales import PatchingPlan
 
 NAME = "patching"
-TITLE = "Attention patching"
-CLAIM = (
-    "a model trained with the attention patterns of a post-plateau checkpoint has no plateau; "
-    "later-in-plateau patterns help more; patterns from early in training are worse than "
-    "untrained ones."
-)
-SOURCES = ("init", "early", "mid", "late", "post")
-# Where in the reference's plateau each source sits (fraction of its length from the start).
-PLATEAU_FRACTION = {"early": 0.0, "mid": 0.5, "late": 0.85}
+TWIN_OFFSET = 1000  # twins' seed = reference seed + this: they must not start as the reference
+PLATEAU_FRACTION = {"plateau_start": 0.0, "plateau_mid": 0.5, "plateau_late": 0.85}
+# Without a plateau: the sources at these fractions of the onset (or of the last step).
+ONSET_FRACTION = {
+    "statistics": 0.25,
+    "plateau_start": 0.25,
+    "plateau_mid": 0.5,
+    "plateau_late": 0.75,
+}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--individuals", type=options.size, help="N of the reference and twins")
-    parser.add_argument(
-        "--steps", type=options.steps, help="lr schedule length of the reference and twins"
-    )
-    parser.add_argument("--seed", type=options.seed, help="seed of the reference (twins: +1)")
-
-
-def resolve(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
-    plan = scale.patching
-    steps = args.steps or plan.steps
-    return {
-        "individuals": args.individuals or plan.individuals,
-        "steps": steps,
-        "after_knowledge": plan.after_knowledge,
-        "eval_every": min(plan.eval_every, max(1, steps // 4)),
-        "seed": plan.seed if args.seed is None else args.seed,
-        "sources": list(plan.sources),
-        "eval_cap": scale.eval_cap,
-    }
-
-
-def _common(opts: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "individuals": opts["individuals"],
-        "steps": opts["steps"],
-        "eval_every": opts["eval_every"],
-        "checkpoint_every": opts["eval_every"] * 5,
-        "eval_individuals": min(opts["individuals"], opts["eval_cap"]),
-        "world_seed": opts["seed"],
-    }
-
-
-def reference_spec(opts: dict[str, Any], ctx: Context) -> RunSpec:
-    return ctx.spec(
-        NAME,
-        f"reference-n{opts['individuals']}-s{opts['seed']}",
-        snapshot_models=True,
-        stop_after_knowledge=opts["after_knowledge"],
-        seed=opts["seed"],
-        **_common(opts),
-    )
-
-
-def source_steps(reference: RunResult, sources: list[str]) -> dict[str, int]:
-    """The reference's evaluated step behind each source, from its detected phases."""
+def source_steps(reference: RunResult, sources: tuple[str, ...]) -> tuple[dict[str, int], bool]:
+    """The reference's evaluated step behind each source; and whether a plateau was found."""
     steps = [int(r["step"]) for r in reference.records]
     last = steps[-1]
     start = reference.summary.get("plateau_start")
     end = reference.summary.get("plateau_end")
-    start = int(start) if start is not None else last // 4
-    end = int(end) if end is not None else last
-    targets = {"init": 0, "post": min(last, end + max(1, (end - start) // 2))}
-    for name, fraction in PLATEAU_FRACTION.items():
-        targets[name] = start + round(fraction * (end - start))
+    onset = reference.summary.get("knowledge_onset")
+    targets: dict[str, float] = {"init": 0}
+    plateau = start is not None and end is not None
+    if plateau:
+        length = end - start
+        targets["statistics"] = start / 2
+        for name, fraction in PLATEAU_FRACTION.items():
+            targets[name] = start + fraction * length
+        targets["post"] = min(last, end + max(1, length / 2))
+    else:
+        horizon = float(onset) if onset is not None else float(last)
+        for name, fraction in ONSET_FRACTION.items():
+            targets[name] = fraction * horizon
+        targets["post"] = min(last, horizon + max(1, horizon / 4))
 
-    def snap(target: int) -> int:  # the first evaluated step at or after the target
+    def snap(target: float) -> int:  # the first evaluated step at or after the target
         return next((s for s in steps if s >= target), last)
 
-    return {name: snap(targets[name]) for name in sources}
+    return {name: snap(targets[name]) for name in sources}, plateau
 
 
-def twin_specs(opts: dict[str, Any], ctx: Context, reference: RunResult) -> list[RunSpec]:
-    ref = reference_spec(opts, ctx)
-    # Twins train as long as the reference did, on the same lr schedule.
-    stop = int(reference.records[-1]["step"])
-    twins = [
-        ctx.spec(
-            NAME,
-            "twin-none",
-            meta={"source": "none"},
-            stop_at_step=stop,
-            seed=opts["seed"] + 1,
-            **_common(opts),
-        )
-    ]
-    for name, step in source_steps(reference, opts["sources"]).items():
-        path = snapshot_path(ref.run_dir(ctx.out), step).relative_to(ctx.out)
-        twins.append(
-            ctx.spec(
-                NAME,
-                f"twin-{name}-step{step}",
-                patch_checkpoint=str(path),
-                stop_at_step=stop,
-                meta={"source": name, "source_step": step},
-                seed=opts["seed"] + 1,
-                **_common(opts),
-            )
-        )
-    return twins
-
-
-def execute(opts: dict[str, Any], ctx: Context) -> None:
-    reference = ctx.run([reference_spec(opts, ctx)], f"{NAME} (reference)")[0]
-    ctx.run(twin_specs(opts, ctx, reference), NAME)
-
-
-def knowledge_step(result: RunResult) -> float:
-    end = result.summary.get("plateau_end")
-    return math.inf if end is None else float(end)
-
-
-def analyze(opts: dict[str, Any], ctx: Context) -> Section:
-    ref_spec = reference_spec(opts, ctx)
-    reference = ctx.load([ref_spec])[0]
-    twins: list[RunSpec] = twin_specs(opts, ctx, reference) if reference is not None else []
-    results = ctx.load(twins)
-    done = {s.meta["source"]: (s, r) for s, r in zip(twins, results) if r is not None}
-    stats = fitting.PatchingStats(
-        knowledge_step={k: knowledge_step(r) for k, (_, r) in done.items()},
-        mean_loss={k: float(np.mean(r.series("eval/attr_loss")[1])) for k, (_, r) in done.items()},
+class PatchingStudy:
+    name = NAME
+    title = "Attention patching"
+    claim = (
+        "a model trained with the attention patterns of a post-plateau checkpoint has no "
+        "plateau; later-in-plateau patterns help more; patterns from early in training are worse "
+        "than untrained ones."
     )
-    verdict = fitting.patching_verdict(stats)
+    plan_type = PatchingPlan
 
-    fig = new_figure(ncols=2)
-    ax_twins, ax_ref = fig.subplots(1, 2)
-    order = ["none"] + [s for s in SOURCES if s in done]
-    for i, name in enumerate(k for k in order if k in done):
-        spec, result = done[name]
-        steps, losses = result.series("eval/attr_loss")
-        base = result.summary["level"]
-        label = (
-            "no patching" if name == "none" else f"{name} (ref. step {spec.meta['source_step']})"
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--individuals", type=options.size, help="N of the reference and twins")
+        parser.add_argument("--steps", type=options.steps, help="step cap of the reference")
+        parser.add_argument(
+            "--seeds", type=options.seeds, help="seeds of the references (twins: +1000)"
         )
-        style = "--" if name == "none" else "-"
-        colour = "k" if name == "none" else f"C{i}"
-        ax_twins.plot(steps, np.array(losses) / base, style, color=colour, label=label)
-    ax_twins.axhline(1.0, color="0.3", ls=":", lw=0.8)
-    ax_twins.set_xlabel("step")
-    ax_twins.set_ylabel("eval attribute loss / baseline")
-    ax_twins.set_title("twins with patched attention")
-    ax_twins.legend(fontsize=7)
-    if reference is not None:
-        steps, losses = reference.series("eval/attr_loss")
-        ax_ref.plot(steps, np.array(losses) / reference.summary["level"], color="k")
-        for i, name in enumerate(k for k in order if k in done and k != "none"):
-            ax_ref.axvline(
-                done[name][0].meta["source_step"], color=f"C{i + 1}", ls="--", label=name
-            )
-        ax_ref.axhline(1.0, color="0.3", ls=":", lw=0.8)
-        ax_ref.legend(fontsize=7)
-    ax_ref.set_xlabel("step")
-    ax_ref.set_ylabel("eval attribute loss / baseline")
-    ax_ref.set_title("reference run and the patched-in checkpoints")
-    figure = save_study_figure(fig, ctx.out, NAME)
 
-    def fmt_step(v: Optional[float]) -> str:
-        return "never" if v is None or math.isinf(v) else f"{v:.0f}"
+    def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        fields = {
+            "individuals": args.individuals,
+            "steps": args.steps,
+            "seeds": tuple(args.seeds) if args.seeds is not None else None,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
 
-    table = []
-    if reference is not None:
-        table.append(
-            (
-                "reference plateau (start → end)",
-                f"{reference.summary.get('plateau_start')} → {reference.summary.get('plateau_end')}",
-                "—",
+    def check(self, plan: PatchingPlan) -> None:
+        if not plan.seeds:
+            raise ValueError("--seeds: at least one seed is needed")
+        unknown = [s for s in plan.sources if s not in rules.PATCHING_SOURCES]
+        if unknown:
+            raise ValueError(
+                f"sources must be among {', '.join(rules.PATCHING_SOURCES)}: {unknown}"
             )
+        if plan.eval_every > plan.steps:
+            raise ValueError(f"--steps must be >= the eval interval {plan.eval_every}")
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def specs(self, plan: PatchingPlan, ctx: Context) -> list[RunSpec]:
+        """The runs that can be planned before any training (the twins depend on them)."""
+        return [self.reference_spec(plan, ctx, s) for s in plan.seeds]
+
+    def reference_spec(self, plan: PatchingPlan, ctx: Context, seed: int) -> RunSpec:
+        return ctx.spec(
+            NAME,
+            f"reference-n{plan.individuals}-s{seed}",
+            n=plan.individuals,
+            seed=seed,
+            eval_every=plan.eval_every,
+            snapshot_models=True,
+            stop_after_knowledge=plan.after_knowledge,
+            meta={"seed": seed},
+            steps=plan.steps,
         )
-    for name in order:
-        if name in done:
-            spec, _ = done[name]
-            where = "" if name == "none" else f" (ref. step {spec.meta['source_step']})"
-            table.append(
-                (
-                    f"{name}{where}: knowledge at step / mean loss",
-                    f"{fmt_step(stats.knowledge_step[name])} / {stats.mean_loss[name]:.3f}",
-                    {
-                        "none": "plateau",
-                        "post": "no plateau",
-                        "early": "worse than untrained",
-                        "init": "—",
-                    }.get(name, "helps more later"),
+
+    def twin_specs(
+        self, plan: PatchingPlan, ctx: Context, seed: int, reference: RunResult
+    ) -> list[RunSpec]:
+        ref_dir = self.reference_spec(plan, ctx, seed).run_dir(ctx.out)
+        last = int(reference.records[-1]["step"])
+        stop = 2 * last  # past the reference's end, so the unpatched onset is seen, not cut
+        common: dict[str, Any] = dict(
+            n=plan.individuals,
+            seed=seed + TWIN_OFFSET,
+            eval_every=plan.eval_every,
+            stop_at_step=stop,
+            world_seed=seed,  # the reference's world: its patterns are of these biographies
+            steps=max(plan.steps, stop),
+        )
+        twins = [
+            ctx.spec(NAME, f"twin-none-s{seed}", meta={"seed": seed, "source": "none"}, **common)
+        ]
+        steps, _ = source_steps(reference, plan.sources)
+        for name, step in steps.items():
+            path = snapshot_path(ref_dir, step).relative_to(ctx.out)
+            twins.append(
+                ctx.spec(
+                    NAME,
+                    f"twin-{name}-step{step}-s{seed}",
+                    patch_checkpoint=str(path),
+                    meta={"seed": seed, "source": name, "source_step": step},
+                    **common,
                 )
             )
-    return study_section(
-        NAME,
-        TITLE,
-        CLAIM,
-        [reference] + results,
-        verdict=verdict,
-        rule=(
-            "reproduced if the twin with post-plateau patterns reaches knowledge (loss < 90% of "
-            "the baseline) before the unpatched twin, and the twin with plateau-start patterns "
-            "has a higher mean eval loss than the one with untrained (step 0) patterns; not "
-            "reproduced if post-plateau patterns do not speed knowledge up; else inconclusive."
-        ),
-        table=table,
-        figure=figure,
-        notes=[
-            "All layers are patched; twins use seed + 1 so they do not start as the reference.",
-            "`early` is the reference's plateau start, the analogue of the paper's steps 500–1k.",
-        ],
-        # without the reference, the twins are not even planned yet: count them as missing
-        missing=len(opts["sources"]) + 1 if reference is None else 0,
-    )
+        return twins
+
+    def execute(self, plan: PatchingPlan, ctx: Context) -> None:
+        refs = ctx.run(
+            [self.reference_spec(plan, ctx, s) for s in plan.seeds], f"{NAME} (reference)"
+        )
+        twins = [x for s, r in zip(plan.seeds, refs) for x in self.twin_specs(plan, ctx, s, r)]
+        ctx.run(twins, NAME)
+
+    # -- measurement ---------------------------------------------------------------------------
+
+    def measure(self, plan: PatchingPlan, ctx: Context) -> study.Measured:
+        refs = ctx.load([self.reference_spec(plan, ctx, s) for s in plan.seeds])
+        results: list[Optional[RunResult]] = list(refs)
+        missing = 0
+        runs: list[rules.PatchingRun] = []
+        per_seed: dict[str, Any] = {}
+        notes: list[str] = []
+        done_by_seed: dict[int, dict[str, tuple[RunSpec, RunResult]]] = {}
+        for seed, ref in zip(plan.seeds, refs):
+            if ref is None:
+                missing += len(plan.sources) + 1  # twins are not planned before their reference
+                continue
+            twins = self.twin_specs(plan, ctx, seed, ref)
+            loaded = ctx.load(twins)
+            results += loaded
+            done = {t.meta["source"]: (t, r) for t, r in zip(twins, loaded) if r is not None}
+            done_by_seed[seed] = done
+            steps, plateau = source_steps(ref, plan.sources)
+            if not plateau:
+                notes.append(
+                    f"seed {seed}: the reference has no detected plateau; sources placed at "
+                    "quarters of its knowledge onset (or of its last step)."
+                )
+            onset: dict[str, float] = {}
+            censored: list[str] = []
+            for source, (_, r) in done.items():
+                k = r.summary.get("knowledge_onset")
+                if k is None:  # never within the run: censored at its last step
+                    k = r.records[-1]["step"]
+                    censored.append(source)
+                onset[source] = float(max(k, 1))  # a log ratio needs a positive step
+            mean_loss = {
+                source: float(np.mean(r.series("eval/attr_loss")[1]))
+                for source, (_, r) in done.items()
+            }
+            runs.append(rules.PatchingRun(seed=seed, onset=onset, mean_loss=mean_loss))
+            per_seed[str(seed)] = {
+                "reference": {
+                    k: ref.summary.get(k)
+                    for k in ("plateau_start", "plateau_end", "knowledge_onset")
+                }
+                | {"last_step": ref.records[-1]["step"]},
+                "source_steps": steps,
+                "onset": onset,
+                "censored": censored,
+                "mean_loss": mean_loss,
+            }
+            if censored:
+                notes.append(
+                    f"seed {seed}: no knowledge onset within the run for {', '.join(censored)} "
+                    "(counted at the twin's last step: a lower bound)."
+                )
+        notes.append(
+            f"All layers patched; twins use seed + {TWIN_OFFSET} and the reference's world, and "
+            "run to twice the reference's last step."
+        )
+        return study.Measured(
+            judgement=rules.judge_patching(runs),
+            results=results,
+            numbers={"per_seed": per_seed},
+            notes=notes,
+            missing=missing,
+            extra={"done": done_by_seed, "runs": runs},
+        )
+
+    def draw(self, plan: PatchingPlan, ctx: Context, measured: study.Measured) -> Optional[str]:
+        done_by_seed: dict[int, dict[str, tuple[RunSpec, RunResult]]] = measured.extra.get(
+            "done", {}
+        )
+        runs: list[rules.PatchingRun] = measured.extra.get("runs", [])
+        order = ["none", *[s for s in rules.PATCHING_SOURCES if s in plan.sources]]
+        fig = new_figure(ncols=2)
+        ax_loss, ax_onset = fig.subplots(1, 2)
+        if done_by_seed:
+            seed = next(iter(done_by_seed))
+            done = done_by_seed[seed]
+            for i, name in enumerate(order):
+                if name not in done:
+                    continue
+                spec, r = done[name]
+                label = (
+                    "no patching" if name == "none" else f"{name} (step {spec.meta['source_step']})"
+                )
+                ax_loss.plot(
+                    *r.series("eval/attr_loss"),
+                    "--" if name == "none" else "-",
+                    color="k" if name == "none" else f"C{i}",
+                    label=label,
+                )
+            first = next(iter(done.values()))[1]
+            ax_loss.axhline(first.summary["level"], color="0.3", ls=":", lw=0.8, label="F")
+            ax_loss.set_title(f"twins, seed {seed}", fontsize=9)
+        ax_loss.set_yscale("log")
+        ax_loss.set_xlabel("step")
+        ax_loss.set_ylabel("eval attribute loss")
+        if done_by_seed:
+            ax_loss.legend(fontsize=7)
+        for run in runs:
+            xs = [i for i, s in enumerate(order) if s in run.onset]
+            ax_onset.plot(
+                xs, [run.onset[order[i]] for i in xs], "o", alpha=0.8, label=f"seed {run.seed}"
+            )
+        ax_onset.set_xticks(range(len(order)), order, rotation=30, fontsize=7)
+        ax_onset.set_ylabel("knowledge onset (step; censored at the end)")
+        ax_onset.set_title("onset per source, in training order", fontsize=9)
+        if runs:
+            ax_onset.legend(fontsize=7)
+        return save_study_figure(fig, ctx.out, NAME)
+
+    def table(self, plan: PatchingPlan, measured: study.Measured) -> list[study.Row]:
+        j = measured.judgement
+        if j is None:
+            return []
+        reg = rules.REGISTRATIONS[j.finding]
+        rows: list[study.Row] = [
+            (
+                reg.primary.description,
+                "—" if j.primary is None else j.primary.text(),
+                reg.primary.region.text(),
+            )
+        ]
+        for s in reg.secondary:
+            e = j.secondary.get(s.key)
+            rows.append((s.description, "—" if e is None else e.text(), s.region.text()))
+        return rows
+
+
+STUDY = PatchingStudy()

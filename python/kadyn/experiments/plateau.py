@@ -1,9 +1,9 @@
 """Study `plateau`: plateau length against the number of individuals N (paper finding 2).
 
-One run per (N, seed), all with the same cosine horizon so that only N changes; a run stops as
-soon as the trainer's phase detector (`kadyn.phases`) sees knowledge emerge, since nothing after the
-plateau's end enters the measurement. The plateau length (end - start) is fitted as c * N^beta on
-log-log axes, with a t-based interval on beta and a bootstrap interval over seeds.
+One constant-lr run per (N, seed), capped at `max_steps` and stopped at the knowledge onset (nothing
+after it enters the measurement), evaluated every N // eval_divisor steps so that every plateau is
+resolved by a similar number of evals. Per run: the plateau length (`phases.plateau_length`) and
+the knowledge onset; `rules.judge_plateau` fits both as c · N^β and decides on β of the length.
 """
 
 from __future__ import annotations
@@ -14,196 +14,228 @@ from typing import Any, Optional
 import numpy as np
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-from kadyn.experiments import fit as fitting
-from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
+from kadyn import phases
+from kadyn.experiments import fit, options, rules, study
+from kadyn.experiments.report import new_figure, save_study_figure
 from kadyn.experiments.runner import Context, RunResult, RunSpec
-from kadyn.experiments.scales import Scale
+from kadyn.experiments.scales import PlateauPlan
 
 NAME = "plateau"
-TITLE = "Plateau length vs N"
-CLAIM = (
-    "the plateau grows almost linearly with the number of individuals: "
-    f"plateau ≈ {fitting.PAPER_C} · N^{fitting.PAPER_BETA} steps (N = 4k–256k, R² ≈ 0.998)."
-)
+MIN_PLATEAU_EVALS = 20  # fewer evals resolve the plateau's ends too coarsely for a slope
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--individuals", type=options.sizes, help="list of N, e.g. 250,500,1000")
-    parser.add_argument("--seeds", type=options.seeds, help="list of seeds, e.g. 0,1,2")
-    parser.add_argument("--max-steps", type=options.steps, help="cosine horizon of every run")
+def eval_every(plan: PlateauPlan, n: int) -> int:
+    # Evals scale with N, so each plateau (≈ linear in N) gets a similar number of points.
+    return max(1, n // plan.eval_divisor)
 
 
-def resolve(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
-    plan = scale.plateau
-    return {
-        "individuals": list(args.individuals or plan.individuals),
-        "seeds": list(args.seeds if args.seeds is not None else plan.seeds),
-        "max_steps": args.max_steps or plan.max_steps,
-        "eval_divisor": plan.eval_divisor,
-        "min_eval_every": plan.min_eval_every,
-        "eval_cap": scale.eval_cap,
-    }
-
-
-def eval_every(n: int, opts: dict[str, Any]) -> int:
-    # Evals scale with N so each plateau is resolved by a similar number of points.
-    return max(opts["min_eval_every"], n // opts["eval_divisor"])
-
-
-def specs(opts: dict[str, Any], ctx: Context) -> list[RunSpec]:
-    out = []
-    for n in opts["individuals"]:
-        every = eval_every(n, opts)
-        for seed in opts["seeds"]:
-            out.append(
-                ctx.spec(
-                    NAME,
-                    f"n{n}-s{seed}",
-                    stop_after_knowledge=0,
-                    meta={"n": n, "seed": seed},
-                    individuals=n,
-                    seed=seed,
-                    world_seed=seed,
-                    steps=opts["max_steps"],
-                    eval_every=every,
-                    checkpoint_every=every * 5,
-                    eval_individuals=min(n, opts["eval_cap"]),
-                )
-            )
-    return out
-
-
-def execute(opts: dict[str, Any], ctx: Context) -> None:
-    ctx.run(specs(opts, ctx), NAME)
-
-
-def plateau_length(result: RunResult) -> Optional[int]:
+def plateau_evals(result: RunResult) -> int:
+    """Evals inside the detected plateau [start, end). Counted by step, not by the records'
+    "phase" field: that label is causal, so the first evals of a plateau were written as
+    statistics before the plateau was confirmed."""
     start, end = result.summary.get("plateau_start"), result.summary.get("plateau_end")
     if start is None or end is None:
+        return 0
+    return sum(start <= r["step"] < end for r in result.records)
+
+
+def _fit(points: list[tuple[int, float]]) -> Optional[fit.PowerLawFit]:
+    usable = [(n, v) for n, v in points if v is not None and v > 0]
+    if len({n for n, _ in usable}) < 2:
         return None
-    return int(end) - int(start)
+    ns, vs = zip(*usable)
+    return fit.fit_power_law(ns, vs, level=rules.LEVEL)
 
 
-def analyze(opts: dict[str, Any], ctx: Context) -> Section:
-    runs = specs(opts, ctx)
-    results = ctx.load(runs)
-    ns, lengths, seeds = [], [], []
-    unfinished, zero = 0, 0
-    for spec, result in zip(runs, results):
-        if result is None:
-            continue
-        length = plateau_length(result)
-        if length is None:
-            unfinished += 1
-        elif length <= 0:
-            zero += 1  # knowledge appeared between two evals: no measurable plateau
-        else:
-            ns.append(spec.meta["n"])
-            lengths.append(length)
-            seeds.append(spec.meta["seed"])
-    fit: Optional[fitting.PowerLawFit] = None
-    if len(set(ns)) >= 2:
-        fit = fitting.fit_power_law(ns, lengths, groups=seeds)
-    verdict = fitting.plateau_verdict(fit)
+def _fit_numbers(f: Optional[fit.PowerLawFit]) -> Optional[dict[str, Any]]:
+    if f is None:
+        return None
+    return {"c": f.c, "beta": f.beta, "beta_ci": list(f.beta_ci), "r2": f.r2, "points": f.n_points}
 
-    fig = new_figure(ncols=2)
-    ax_fit, ax_curves = fig.subplots(1, 2)
-    if ns:
-        ax_fit.scatter(ns, lengths, s=18, color="C0", label="runs (one per seed)", zorder=3)
-        grid = np.geomspace(min(opts["individuals"]), max(opts["individuals"]), 50)
-        if fit is not None:
-            ax_fit.plot(
-                grid,
-                fit.predict(grid),
-                color="C0",
-                label=f"fit {fit.c:.3g}·N^{fit.beta:.2f}",
+
+def _mean(values: list[float]) -> Optional[float]:
+    return float(np.mean(values)) if values else None
+
+
+class PlateauStudy:
+    name = NAME
+    title = "Plateau length vs N"
+    claim = (
+        "the plateau grows almost linearly with the number of individuals: plateau ≈ "
+        f"{rules.PAPER_C} · N^{rules.PAPER_BETA} steps (N = 4k–256k, R² ≈ 0.998)."
+    )
+    plan_type = PlateauPlan
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--individuals", type=options.sizes, help="list of N, e.g. 256,512")
+        parser.add_argument("--seeds", type=options.seeds, help="list of seeds, e.g. 0,1,2")
+        parser.add_argument("--max-steps", type=options.steps, help="step cap of every run")
+
+    def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        values = {
+            "individuals": None if args.individuals is None else tuple(sorted(args.individuals)),
+            "seeds": None if args.seeds is None else tuple(args.seeds),
+            "max_steps": args.max_steps,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    def check(self, plan: PlateauPlan) -> None:
+        if not plan.individuals:
+            raise ValueError("--individuals needs at least one N")
+        if not plan.seeds:
+            raise ValueError("--seeds needs at least one seed")
+
+    def specs(self, plan: PlateauPlan, ctx: Context) -> list[RunSpec]:
+        return [
+            ctx.spec(
+                NAME,
+                f"n{n}-s{seed}",
+                n=n,
+                seed=seed,
+                eval_every=eval_every(plan, n),
+                stop_after_knowledge=0,
+                meta={"n": n, "seed": seed},
+                steps=plan.max_steps,
+                eval_individuals=min(n, plan.eval_individuals),
             )
+            for n in plan.individuals
+            for seed in plan.seeds
+        ]
+
+    def execute(self, plan: PlateauPlan, ctx: Context) -> None:
+        ctx.run(self.specs(plan, ctx), NAME)
+
+    def measure(self, plan: PlateauPlan, ctx: Context) -> study.Measured:
+        specs = self.specs(plan, ctx)
+        results = ctx.load(specs)
+        runs: list[rules.PlateauRun] = []
+        evals: dict[str, int] = {}
+        for spec, result in zip(specs, results):
+            if result is None:
+                continue
+            s = result.summary
+            n, seed = spec.meta["n"], spec.meta["seed"]
+            length = phases.plateau_length(s.get("plateau_start"), s.get("plateau_end"))
+            runs.append(rules.PlateauRun(n, seed, length=length, onset=s.get("knowledge_onset")))
+            evals[spec.name] = plateau_evals(result)
+        length_fit = _fit([(r.n, r.length) for r in runs])  # type: ignore[misc]
+        onset_fit = _fit([(r.n, r.onset) for r in runs])  # type: ignore[misc]
+        per_n = {}
+        for n in plan.individuals:
+            here = [r for r in runs if r.n == n]
+            lengths = [r.length for r in here if r.length is not None]
+            onsets = [r.onset for r in here if r.onset is not None]
+            per_n[str(n)] = {
+                "lengths": lengths,
+                "length_mean": _mean(lengths),
+                "onsets": onsets,
+                "onset_mean": _mean(onsets),
+            }
+        notes = [
+            "Plateau = steps from entering the no-knowledge band to the knowledge onset "
+            "(`kadyn.phases`, the one definition); a run stops at the onset.",
+            "The model, pools and N are far smaller than the paper's, so c is not comparable; "
+            "β is.",
+        ]
+        no_plateau = [r for r in runs if r.length is None]
+        if no_plateau:
+            notes.append(
+                f"{len(no_plateau)} run(s) had no plateau that ended within {plan.max_steps} "
+                "steps (left out of the fit)."
+            )
+        coarse = sorted(name for name, k in evals.items() if 0 < k < MIN_PLATEAU_EVALS)
+        if coarse:
+            notes.append(
+                f"{len(coarse)} run(s) had fewer than {MIN_PLATEAU_EVALS} evals inside the "
+                f"plateau: {', '.join(coarse)}."
+            )
+        return study.Measured(
+            judgement=rules.judge_plateau(runs),
+            results=results,
+            numbers={
+                "per_n": per_n,
+                "plateau_evals": evals,
+                "fit_length": _fit_numbers(length_fit),
+                "fit_onset": _fit_numbers(onset_fit),
+            },
+            notes=notes,
+            extra={"specs": specs, "runs": runs, "fits": (length_fit, onset_fit)},
+        )
+
+    def draw(self, plan: PlateauPlan, ctx: Context, measured: study.Measured) -> Optional[str]:
+        fig = new_figure(ncols=2)
+        ax_fit, ax_curves = fig.subplots(1, 2)
+        runs: list[rules.PlateauRun] = measured.extra["runs"]
+        grid = np.geomspace(min(plan.individuals), max(plan.individuals), 50)
+        for key, color, label, f in (
+            ("length", "C0", "plateau length", measured.extra["fits"][0]),
+            ("onset", "C1", "knowledge onset", measured.extra["fits"][1]),
+        ):
+            points = [(r.n, getattr(r, key)) for r in runs if (getattr(r, key) or 0) > 0]
+            if points:
+                ax_fit.scatter(*zip(*points), s=18, color=color, label=f"{label} (runs)", zorder=3)
+            if f is not None:
+                ax_fit.plot(
+                    grid, f.predict(grid), color=color, label=f"fit {f.c:.3g}·N^{f.beta:.2f}"
+                )
         ax_fit.plot(
             grid,
-            fitting.PAPER_C * grid**fitting.PAPER_BETA,
+            rules.PAPER_C * grid**rules.PAPER_BETA,
             "--",
             color="0.5",
-            label=f"paper {fitting.PAPER_C}·N^{fitting.PAPER_BETA} (other scale)",
+            label=f"paper {rules.PAPER_C}·N^{rules.PAPER_BETA} (other scale)",
         )
-    ax_fit.set_xscale("log")
-    ax_fit.set_yscale("log")
-    # Label the sizes actually run, in plain numbers, instead of decades the data never reach.
-    ax_fit.set_xticks(opts["individuals"], [str(n) for n in opts["individuals"]])
-    ax_fit.xaxis.set_minor_formatter(NullFormatter())
-    for axis in (ax_fit.yaxis.set_major_formatter, ax_fit.yaxis.set_minor_formatter):
-        axis(FormatStrFormatter("%g"))
-    ax_fit.set_xlabel("individuals N")
-    ax_fit.set_ylabel("plateau length (steps)")
-    ax_fit.set_title("plateau length vs N")
-    if ns:
+        ax_fit.set_xscale("log")
+        ax_fit.set_yscale("log")
+        # The sizes actually run, in plain numbers, instead of decades the data never reach.
+        ax_fit.set_xticks(list(plan.individuals), [str(n) for n in plan.individuals])
+        ax_fit.xaxis.set_minor_formatter(NullFormatter())
+        ax_fit.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax_fit.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax_fit.set_xlabel("individuals N")
+        ax_fit.set_ylabel("steps")
+        ax_fit.set_title("plateau length and knowledge onset vs N")
         ax_fit.legend(fontsize=7)
-    else:
-        ax_fit.text(0.5, 0.5, "no finished plateau", ha="center", transform=ax_fit.transAxes)
-    for i, (spec, result) in enumerate(zip(runs, results)):
-        if result is None or spec.meta["seed"] != opts["seeds"][0]:
-            continue
-        steps, losses = result.series("eval/attr_loss")
-        base = result.summary["level"]
-        ax_curves.plot(
-            steps, np.array(losses) / base, color=f"C{i % 10}", label=f"N={spec.meta['n']}"
-        )
-    ax_curves.axhline(1.0, color="0.3", lw=0.8, ls=":")
-    ax_curves.set_xscale("symlog", linthresh=10)
-    ax_curves.set_xlim(left=0)
-    ax_curves.set_xlabel("step")
-    ax_curves.set_ylabel("eval attribute loss / no-knowledge baseline")
-    ax_curves.set_title(f"curves (seed {opts['seeds'][0]}), stopped at knowledge")
-    ax_curves.legend(fontsize=7)
-    figure = save_study_figure(fig, ctx.out, NAME)
+        seed = plan.seeds[0]
+        for i, (spec, result) in enumerate(zip(measured.extra["specs"], measured.results)):
+            if result is None or spec.meta["seed"] != seed:
+                continue
+            steps, losses = result.series("eval/attr_loss")
+            _, levels = result.series("no_knowledge/level")
+            ratio = np.array(losses) / np.array(levels)
+            ax_curves.plot(steps, ratio, color=f"C{i % 10}", label=f"N={spec.meta['n']}")
+        ax_curves.axhline(1.0, color="0.3", lw=0.8, ls=":")
+        ax_curves.set_xscale("symlog", linthresh=10)
+        ax_curves.set_xlim(left=0)
+        ax_curves.set_xlabel("step")
+        ax_curves.set_ylabel("eval attribute loss / F")
+        ax_curves.set_title(f"curves (seed {seed}), stopped at knowledge")
+        if ax_curves.lines[1:]:
+            ax_curves.legend(fontsize=7)
+        return save_study_figure(fig, ctx.out, NAME)
 
-    per_n = {n: float(np.mean([v for m, v in zip(ns, lengths) if m == n])) for n in sorted(set(ns))}
-    table = []
-    if fit is not None:
-        lo, hi = fit.beta_ci
-        boot = (
-            f"; seed bootstrap [{fit.bootstrap_ci[0]:.2f}, {fit.bootstrap_ci[1]:.2f}]"
-            if fit.bootstrap_ci
-            else ""
-        )
-        table += [
-            ("exponent β", f"{fit.beta:.3f} (95% t-CI [{lo:.2f}, {hi:.2f}]{boot})", "0.81"),
-            ("prefactor c", f"{fit.c:.3g}", "0.43"),
-            ("R² (log-log)", f"{fit.r2:.3f}", "≈ 0.998"),
-        ]
-    table += [
-        (
-            "mean plateau (steps)",
-            ", ".join(f"N={n}: {v:.0f}" for n, v in per_n.items()) or "—",
-            "—",
-        ),
-        ("N range", f"{min(opts['individuals'])}–{max(opts['individuals'])}", "4k–256k"),
-        ("seeds", str(len(opts["seeds"])), "5"),
-    ]
-    notes = [
-        "Plateau = steps from the first eval within ±10% of the baseline to the first eval below "
-        "90% of it (the trainer's `kadyn.phases` detector); a run stops at that eval.",
-        "The model, pools and N are far smaller than the paper's, so c is not comparable; β is.",
-    ]
-    if unfinished:
-        notes.append(
-            f"{unfinished} run(s) did not leave the plateau within {opts['max_steps']} steps."
-        )
-    if zero:
-        notes.append(f"{zero} run(s) had no measurable plateau (left out of the fit).")
-    return study_section(
-        NAME,
-        TITLE,
-        CLAIM,
-        results,
-        verdict=verdict,
-        rule=(
-            f"reproduced if β ∈ [{fitting.BETA_BAND[0]}, {fitting.BETA_BAND[1]}] with its 95% "
-            f"t-interval above {fitting.BETA_REFUTED_BELOW}; not reproduced if the interval lies "
-            f"outside [{fitting.BETA_REFUTED_BELOW}, {fitting.BETA_REFUTED_ABOVE}]; inconclusive "
-            f"otherwise or with fewer than {fitting.MIN_SIZES} sizes."
-        ),
-        table=table,
-        figure=figure,
-        notes=notes,
-    )
+    def table(self, plan: PlateauPlan, measured: study.Measured) -> list[study.Row]:
+        j = measured.judgement
+        rows: list[study.Row] = []
+        primary = j.primary if j is not None else None
+        onset = j.secondary.get("beta_onset") if j is not None else None
+        rows.append(("β, plateau length (primary)", primary.text() if primary else "—", "0.81"))
+        rows.append(("β, knowledge onset", onset.text() if onset else "—", "0.81 (registered)"))
+        length_fit, _ = measured.extra["fits"]
+        if length_fit is not None:
+            rows.append(("prefactor c (length)", f"{length_fit.c:.3g}", "0.43 (other scale)"))
+            rows.append(("R² (log-log, length)", f"{length_fit.r2:.3f}", "≈ 0.998"))
+        per_n = measured.numbers["per_n"]
+
+        def means(key: str) -> str:
+            parts = [f"N={n}: {v[key]:.0f}" for n, v in per_n.items() if v[key] is not None]
+            return ", ".join(parts) or "—"
+
+        rows.append(("mean plateau (steps)", means("length_mean"), "—"))
+        rows.append(("mean knowledge onset (step)", means("onset_mean"), "—"))
+        rows.append(("N range", f"{min(plan.individuals)}–{max(plan.individuals)}", "4k–256k"))
+        rows.append(("seeds", str(len(plan.seeds)), "—"))
+        return rows
+
+
+STUDY = PlateauStudy()

@@ -16,10 +16,12 @@ from typing import Any, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kadyn.experiments.fit import Verdict
+from kadyn.experiments import rules
+from kadyn.experiments.rules import Verdict
 from kadyn.fileio import atomic_write, atomic_write_text
 
 REPORT = "report.md"
+REPORT_JSON = "report.json"
 STUDY_FILE = "study.json"
 SECTION_FILE = "section.json"
 
@@ -30,7 +32,7 @@ class Section:
     title: str
     claim: str  # the paper's finding, in a sentence
     verdict: Verdict
-    rule: str  # the verdict rule in words (the code in fit.py is the authority)
+    rule: str  # the registered rule in words (the code in rules.py is the authority)
     table: list[tuple[str, str, str]] = field(default_factory=list)  # quantity, kadyn, paper
     figure: Optional[str] = None  # path relative to OUT
     notes: list[str] = field(default_factory=list)
@@ -38,6 +40,7 @@ class Section:
     finished: int = 0
     train_s: float = 0.0  # summed wall time of the runs
     study_wall_s: Optional[float] = None  # wall time of the last `kadyn-exp <study>` call
+    numbers: dict[str, Any] = field(default_factory=dict)  # measured numbers, for report.json
 
 
 def save_section(section: Section, study_dir: Path) -> None:
@@ -99,8 +102,11 @@ def write_report(
         "# kadyn experiment report",
         "",
         "Reproduction of Zucchet et al. (2025), *How do language models learn facts?*, with the "
-        "kadyn data engine and trainer. Verdicts are computed by the rules in "
-        "`kadyn/experiments/fit.py`; the numbers come from the runs under this directory.",
+        "kadyn data engine and trainer. Verdicts are computed by the pre-registered rules in "
+        "`kadyn/experiments/rules.py`; the numbers come from the runs under this directory.",
+        "",
+        f"Rules version {rules.RULES_VERSION}, hash `{rules.rules_hash()}`; every interval is "
+        f"{rules.LEVEL:.0%}.",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.",
     ]
@@ -125,6 +131,37 @@ def write_report(
     lines += [render_section(s) for s in sections]
     path = Path(out) / REPORT
     atomic_write_text(path, "\n".join(lines))
+    write_report_json(out, sections, header)
+    return path
+
+
+def write_report_json(
+    out: Path, sections: Sequence[Section], header: Optional[dict[str, Any]] = None
+) -> Path:
+    """report.json: each study's verdict and numbers, with the rules' version and hash."""
+    header = header or {}
+    data = {
+        "rules_version": rules.RULES_VERSION,
+        "rules_hash": rules.rules_hash(),
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "scales": sorted(header.get("scales", [])),
+        "suite_wall_s": header.get("suite_wall_s"),
+        "studies": {
+            s.study: {
+                "title": s.title,
+                "verdict": s.verdict.outcome,
+                "reason": s.verdict.reason,
+                "numbers": s.numbers,
+                "runs": s.runs,
+                "finished": s.finished,
+                "train_s": s.train_s,
+                "study_wall_s": s.study_wall_s,
+            }
+            for s in sections
+        },
+    }
+    path = Path(out) / REPORT_JSON
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
     return path
 
 

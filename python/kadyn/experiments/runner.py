@@ -40,6 +40,7 @@ from kadyn.fileio import atomic_write_text
 RESULT = "result.json"
 LOG = "train.log"
 LOCK = ".lock"
+CHECKPOINT_EVERY_EVALS = 5  # a killed run loses at most this many evals of work
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> di
                 "level": records[-1]["no_knowledge/level"],
                 "plateau_start": records[-1]["phase/plateau_start"],
                 "plateau_end": records[-1]["phase/plateau_end"],
+                "knowledge_onset": records[-1]["phase/knowledge_onset"],
                 "final": records[-1],
             }
     summary["stopped_early"] = stopped
@@ -322,11 +324,18 @@ class Context:
     progress: bool = True
     trained: int = 0  # runs trained (not found cached) through this context
 
+    @property
+    def eval_cap(self) -> int:
+        return int(self.base.get("eval_individuals", 512))
+
     def spec(
         self,
         study: str,
         name: str,
         *,
+        n: int,
+        seed: int,
+        eval_every: int,
         stop_after_knowledge: Optional[int] = None,
         stop_at_step: Optional[int] = None,
         patch_checkpoint: Optional[str] = None,
@@ -334,10 +343,21 @@ class Context:
         meta: Optional[dict[str, Any]] = None,
         **overrides: Any,
     ) -> RunSpec:
+        """The one place a run is set up: the scale's base, then the shared defaults (N, seed and
+        world seed, evaluation and checkpoint cadence, probed individuals capped by the scale),
+        then the study's own overrides."""
+        shared: dict[str, Any] = {
+            "individuals": n,
+            "seed": seed,
+            "world_seed": seed,
+            "eval_every": eval_every,
+            "checkpoint_every": eval_every * CHECKPOINT_EVERY_EVALS,
+            "eval_individuals": min(n, self.eval_cap),
+        }
         return RunSpec(
             study=study,
             name=name,
-            overrides={**self.base, **overrides},
+            overrides={**self.base, **shared, **overrides},
             preset=self.preset,
             stop_after_knowledge=stop_after_knowledge,
             stop_at_step=stop_at_step,

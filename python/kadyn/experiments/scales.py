@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from kadyn.experiments import rules
+
 SCALES = ("smoke", "cpu", "gpu")
 
 
@@ -26,29 +28,33 @@ SCALES = ("smoke", "cpu", "gpu")
 class PlateauPlan:
     individuals: tuple[int, ...]
     seeds: tuple[int, ...]
-    max_steps: int  # cosine horizon shared by every N; runs stop once knowledge has emerged
-    eval_divisor: int  # eval every max(min_eval_every, N // eval_divisor) steps
-    min_eval_every: int
+    max_steps: int  # cap only: the lr is constant, so a run's schedule does not depend on it
+    eval_divisor: int  # eval every max(1, N // eval_divisor) steps: >= 20 evals in the plateau
+    eval_individuals: int  # probed individuals (fewer = cheaper evals)
 
 
 @dataclass(frozen=True)
 class AlphaPlan:
     alphas: tuple[float, ...]
     individuals: tuple[int, ...]
-    budgets: tuple[int, ...]  # steps
+    # Budgets are read as prefixes of one constant-lr run of the longest budget: with a constant
+    # lr, the first B steps of a long run are the run of budget B.
+    budgets: tuple[int, ...]
     seeds: tuple[int, ...]
-    evals_per_run: int
+    eval_divisor: int  # eval every max(1, N // eval_divisor) steps
 
 
 @dataclass(frozen=True)
 class WarmupPlan:
     individuals: tuple[int, ...]
     steps: int
-    alphas: tuple[float, ...]  # fixed-alpha competitors (0 is the uniform baseline)
-    warmup_individuals: tuple[int, ...]  # swept; values >= N are skipped
-    warmup_epochs: tuple[int, ...]  # epochs over the warm-up subset
-    seed: int
-    evals_per_run: int
+    alphas: tuple[float, ...]  # fixed-alpha candidates; the best is chosen on the selection seed
+    warmup_individuals: tuple[int, ...]  # swept on the selection seed; values >= N are skipped
+    warmup_epochs: tuple[int, ...]  # epochs over the warm-up subset, swept likewise
+    selection_seed: int
+    seeds: tuple[int, ...]  # scoring seeds
+    eval_every: int  # of the warm-up runs
+    alpha_eval_divisor: int  # of the uniform and fixed-alpha runs: the alpha plan's, to share them
 
 
 @dataclass(frozen=True)
@@ -64,10 +70,11 @@ class HallucinationPlan:
 class FinetunePlan:
     individuals: int  # pre-training population
     pretrain_steps: int
-    new_individuals: int
+    new_individuals: tuple[int, ...]  # swept; the largest decides
     steps: int  # fine-tuning steps
     lr: float  # constant fine-tuning learning rate
     replay: tuple[float, ...]
+    seeds: tuple[int, ...]
     eval_every: int
     pretrain_eval_every: int
 
@@ -75,15 +82,23 @@ class FinetunePlan:
 @dataclass(frozen=True)
 class PatchingPlan:
     individuals: int
-    # lr schedule of the reference and of every twin; the reference stops `after_knowledge` steps
-    # after its plateau ends, the twins at the reference's last step.
-    steps: int
-    after_knowledge: int
+    steps: int  # constant-lr cap of the reference and of every twin
+    after_knowledge: int  # the reference runs this many steps past its knowledge onset
     eval_every: int
-    seed: int  # reference; twins use seed + 1
-    # Reference checkpoints whose patterns are patched in: init (step 0), early (plateau start),
-    # mid / late (50% / 85% into the plateau), post (after the plateau end).
-    sources: tuple[str, ...] = ("init", "early", "mid", "post")
+    seeds: tuple[int, ...]  # one reference per seed; its twins use seed + 1000
+    sources: tuple[str, ...] = rules.PATCHING_SOURCES
+
+
+@dataclass(frozen=True)
+class AnalysesPlan:
+    """The analyses beyond the paper: one uniform and one power-law run with per-individual
+    exposure counts and attention snapshots."""
+
+    individuals: int
+    steps: int
+    alpha: float  # of the power-law run
+    seed: int
+    eval_every: int
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,7 @@ class Scale:
     hallucination: HallucinationPlan
     finetune: FinetunePlan
     patching: PatchingPlan
+    analyses: AnalysesPlan
     # torch threads per run; None = cores // jobs. Small models on a shared CPU run 3-4x faster
     # on one thread than on two (measured here: OpenMP threads wait on each other when another
     # process holds a core), so the CPU scales use one.
@@ -105,6 +121,9 @@ class Scale:
     @property
     def eval_cap(self) -> int:
         return int(self.base.get("eval_individuals", 512))
+
+    def plan(self, study: str) -> Any:
+        return getattr(self, study)
 
 
 # The tiny preset's pools, spelled out so a change of the preset does not silently change the
@@ -129,6 +148,12 @@ _SMALL_WORLD: dict[str, Any] = {
     "data_threads": 1,
 }
 
+
+def _seeds(finding: str) -> tuple[int, ...]:
+    """The registered number of confirmatory seeds (rules.py), as seeds 0, 1, ..."""
+    return tuple(range(rules.REGISTRATIONS[finding].seeds))
+
+
 SMOKE = Scale(
     name="smoke",
     preset="tiny",
@@ -140,15 +165,31 @@ SMOKE = Scale(
         "d_mlp": 64,
         "batch_size": 8,
         "lr": 3e-3,
+        "constant_lr": True,
         "eval_individuals": 16,
         "eval_batch_size": 64,
     },
-    plateau=PlateauPlan((16, 32), (0,), max_steps=8, eval_divisor=16, min_eval_every=4),
-    alpha=AlphaPlan((0.0, 1.0), (16,), (8,), (0,), evals_per_run=2),
-    warmup=WarmupPlan((16,), 8, (0.0, 1.0), (4,), (2,), seed=0, evals_per_run=2),
-    hallucination=HallucinationPlan(16, 8, 8, (0,), eval_every=4),
-    finetune=FinetunePlan(16, 6, 8, 6, 1e-3, (0.0, 1.0), eval_every=3, pretrain_eval_every=6),
-    patching=PatchingPlan(16, 8, 4, eval_every=2, seed=0, sources=("init", "early", "post")),
+    plateau=PlateauPlan((16, 32, 64), (0,), max_steps=8, eval_divisor=16, eval_individuals=16),
+    alpha=AlphaPlan((0.0, 0.5, 1.0), (16, 32), (4, 8), (0, 1, 2), eval_divisor=8),
+    warmup=WarmupPlan(
+        (16, 32),
+        8,
+        (0.5,),
+        (4,),
+        (2,),
+        selection_seed=200,
+        seeds=(0, 1),
+        eval_every=4,
+        alpha_eval_divisor=8,
+    ),
+    hallucination=HallucinationPlan(16, 8, 8, (0, 1), eval_every=4),
+    finetune=FinetunePlan(
+        16, 6, (4, 8), 6, 1e-3, (0.0, 1.0), (0, 1), eval_every=3, pretrain_eval_every=6
+    ),
+    patching=PatchingPlan(
+        16, 8, 4, eval_every=2, seeds=(0, 1), sources=("init", "statistics", "post")
+    ),
+    analyses=AnalysesPlan(16, 8, alpha=1.0, seed=0, eval_every=4),
     threads_per_run=1,
 )
 
@@ -163,66 +204,99 @@ CPU = Scale(
         "d_mlp": 256,
         "batch_size": 32,
         "lr": 3e-3,
+        # Constant lr everywhere: no schedule favours small N, and a short budget is a prefix of
+        # a long run.
+        "constant_lr": True,
         "eval_individuals": 128,
         "eval_batch_size": 128,
     },
     plateau=PlateauPlan(
-        (256, 512, 768, 1024), (0, 1), max_steps=2000, eval_divisor=20, min_eval_every=10
+        (256, 512, 1024, 2048),
+        _seeds("plateau"),
+        max_steps=6000,
+        eval_divisor=256,
+        eval_individuals=64,
     ),
-    # Budgets well past phase 1 (which a short cosine schedule slows down); 0.7 sits inside the
-    # paper's 0.6-0.8, with 0.4 and 1.0 as its neighbours.
-    alpha=AlphaPlan((0.0, 0.4, 0.7, 1.0), (256, 512), (300, 500), (0,), evals_per_run=12),
-    warmup=WarmupPlan((256, 512), 500, (0.0, 0.7), (64, 128), (50, 100), seed=0, evals_per_run=12),
-    hallucination=HallucinationPlan(256, 128, 400, (0,), eval_every=10),
+    alpha=AlphaPlan(
+        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), (256, 512), (400, 800), _seeds("alpha"), eval_divisor=64
+    ),
+    warmup=WarmupPlan(
+        (256, 512),
+        800,
+        (0.4, 0.6, 0.8),
+        (64, 128),
+        (50, 100),
+        selection_seed=rules.WARMUP_SELECTION_SEED,
+        seeds=_seeds("warmup"),
+        eval_every=40,
+        alpha_eval_divisor=64,
+    ),
+    hallucination=HallucinationPlan(512, 128, 1200, _seeds("hallucination"), eval_every=20),
     finetune=FinetunePlan(
-        256, 500, 64, 250, 3e-4, (0.0, 0.125, 0.5, 1.0), eval_every=10, pretrain_eval_every=50
+        512,
+        1200,
+        (64, 256),
+        300,
+        3e-4,
+        (0.0, 0.125, 0.5, 1.0),
+        _seeds("finetune"),
+        eval_every=10,
+        pretrain_eval_every=100,
     ),
-    patching=PatchingPlan(256, 2000, 60, eval_every=10, seed=0),
+    patching=PatchingPlan(512, 2000, 100, eval_every=10, seeds=_seeds("patching")),
+    analyses=AnalysesPlan(512, 1200, alpha=0.8, seed=0, eval_every=20),
     threads_per_run=1,
 )
 
 GPU = Scale(
     name="gpu",
     preset="paper",
-    base={"device": "auto", "heldout": 0, "eval_individuals": 4096, "eval_batch_size": 256},
+    base={
+        "device": "auto",
+        "heldout": 0,
+        "constant_lr": True,
+        "eval_individuals": 4096,
+        "eval_batch_size": 256,
+    },
     plateau=PlateauPlan(
         (4000, 8000, 16000, 32000, 64000),
-        (0, 1, 2),
-        max_steps=16000,
-        eval_divisor=200,
-        min_eval_every=25,
+        _seeds("plateau"),
+        max_steps=32000,
+        eval_divisor=800,
+        eval_individuals=1024,
     ),
     alpha=AlphaPlan(
-        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), (16000, 64000), (8000, 16000), (0,), evals_per_run=40
+        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        (16000, 64000),
+        (8000, 16000),
+        _seeds("alpha"),
+        eval_divisor=400,
     ),
     warmup=WarmupPlan(
         (32000, 64000, 128000),
         16000,
-        (0.0, 0.6, 0.8),
+        (0.6, 0.8),
         (2000, 4000, 8000, 16000),
         (1, 2, 4, 8),
-        seed=0,
-        evals_per_run=32,
+        selection_seed=rules.WARMUP_SELECTION_SEED,
+        seeds=_seeds("warmup"),
+        eval_every=500,
+        alpha_eval_divisor=400,
     ),
-    hallucination=HallucinationPlan(64000, 2000, 16000, (0,), eval_every=250),
+    hallucination=HallucinationPlan(64000, 2000, 16000, _seeds("hallucination"), eval_every=250),
     finetune=FinetunePlan(
         64000,
         16000,
-        4000,
+        (1000, 4000),
         4000,
         3e-5,
         (0.0, 0.125, 0.5, 1.0),
+        _seeds("finetune"),
         eval_every=100,
         pretrain_eval_every=500,
     ),
-    patching=PatchingPlan(
-        16000,
-        16000,
-        1000,
-        eval_every=100,
-        seed=0,
-        sources=("init", "early", "mid", "late", "post"),
-    ),
+    patching=PatchingPlan(16000, 32000, 1000, eval_every=100, seeds=_seeds("patching")),
+    analyses=AnalysesPlan(16000, 16000, alpha=0.8, seed=0, eval_every=250),
 )
 
 BY_NAME = {s.name: s for s in (SMOKE, CPU, GPU)}

@@ -1,227 +1,342 @@
 """Study `warmup`: the warm-up curriculum against uniform and fixed-alpha sampling (finding 5).
 
-At a fixed step budget and for growing N: uniform sampling (alpha 0), the best of a few fixed
-alphas, and the warm-up curriculum — uniform on the first `indiv_warmup` individuals for
-`epochs_warmup` epochs of that subset (`epochs * indiv_warmup` biographies), then uniform on all —
-with both knobs swept and the best setting kept, as in the paper. The score is the final
-attribute accuracy on the eval templates of all N individuals, equally weighted.
+Two stages at a fixed step budget. 1. On `selection_seed`, for each N: every warm-up configuration
+(uniform on the first k < N individuals for `epochs * k` biographies, then uniform on all) and
+every fixed alpha; `rules.select_best` picks the best of each by final accuracy. 2. On the scoring
+seeds: uniform (alpha 0), the chosen alpha and the chosen warm-up, per N. Choosing on a seed that
+is never scored keeps the selection from inflating the gain. The score is the final attribute
+accuracy over all N individuals, equally weighted; `rules.judge_warmup` decides.
 
-The uniform and fixed-alpha runs are the `alpha` study's runs of the same settings (built by
-`alpha.run_spec`, stored under OUT/alpha/), so running both studies trains them once.
+Fixed-alpha and uniform runs are built by the alpha study's `run_spec` (stored under OUT/alpha/),
+so runs with the alpha study's exact settings are trained once.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
+from kadyn.config import load_preset
 from kadyn.experiments import alpha as alpha_study
-from kadyn.experiments import fit as fitting
-from kadyn.experiments import options
-from kadyn.experiments.report import Section, new_figure, save_study_figure, study_section
+from kadyn.experiments import options, rules, study
+from kadyn.experiments.report import new_figure, save_study_figure
 from kadyn.experiments.runner import Context, RunResult, RunSpec
-from kadyn.experiments.scales import Scale
+from kadyn.experiments.scales import WarmupPlan
 
 NAME = "warmup"
-TITLE = "Warm-up curriculum"
-CLAIM = (
-    "first training uniformly on a few individuals, then on all, beats uniform sampling and "
-    "fixed power laws at a fixed budget, more so for large N (N = 128k: 94.92% vs 63.26%)."
-)
+UNIFORM, ALPHA, WARMUP = "uniform", "best alpha", "warm-up"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--individuals", type=options.sizes, help="list of N")
-    parser.add_argument("--steps", type=options.steps, help="step budget of every run")
-    parser.add_argument(
-        "--alphas", type=options.alphas, help="fixed-alpha competitors (0 = uniform is added)"
+@dataclass(frozen=True)
+class Warm:
+    k: int  # warm-up individuals
+    epochs: int
+
+    @property
+    def label(self) -> str:
+        return f"warm{self.k}x{self.epochs}"
+
+
+def alpha_label(a: float) -> str:
+    return f"alpha{a:g}"
+
+
+def final_acc(result: Optional[RunResult]) -> Optional[float]:
+    return None if result is None else float(result.records[-1]["eval/attr_acc"])
+
+
+def _unique(specs: list[RunSpec]) -> list[RunSpec]:
+    """Specs with distinct keys (the chosen alpha may be 0, or a seed both select and score)."""
+    seen: dict[str, RunSpec] = {}
+    for s in specs:
+        seen.setdefault(s.key(), s)
+    return list(seen.values())
+
+
+class WarmupStudy:
+    name = NAME
+    title = "Warm-up curriculum"
+    claim = (
+        "first training uniformly on a few individuals, then on all, beats uniform sampling and "
+        "fixed power laws at a fixed budget, more so for large N (N = 128k: 94.92% vs 63.26%)."
     )
-    parser.add_argument(
-        "--indiv-warmup", type=options.sizes, help="warm-up subset sizes (each < N), swept"
-    )
-    parser.add_argument(
-        "--epochs-warmup", type=options.epochs, help="epochs over the warm-up subset, swept"
-    )
-    parser.add_argument("--seed", type=options.seed, help="seed of every run")
+    plan_type = WarmupPlan
 
-
-def resolve(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
-    plan = scale.warmup
-    individuals = sorted(args.individuals or plan.individuals)
-    warm = sorted(args.indiv_warmup or plan.warmup_individuals)
-    if args.indiv_warmup and not any(w < min(individuals) for w in warm):
-        raise ValueError(
-            f"--indiv-warmup needs a value < the smallest N ({min(individuals)}), got "
-            f"{','.join(map(str, warm))}"
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--individuals", type=options.sizes, help="list of N")
+        parser.add_argument("--steps", type=options.steps, help="step budget of every run")
+        parser.add_argument("--alphas", type=options.alphas, help="fixed-alpha candidates")
+        parser.add_argument(
+            "--indiv-warmup", type=options.sizes, help="warm-up subset sizes (each < N), swept"
         )
-    alphas = sorted(set([0.0] + list(args.alphas if args.alphas is not None else plan.alphas)))
-    steps = args.steps or plan.steps
-    return {
-        "individuals": individuals,
-        "steps": steps,
-        "alphas": alphas,
-        "warmup_individuals": warm,
-        "warmup_epochs": sorted(args.epochs_warmup or plan.warmup_epochs),
-        "seed": plan.seed if args.seed is None else args.seed,
-        "evals_per_run": scale.alpha.evals_per_run,  # the alpha study's, to share its runs
-        "batch_size": int(scale.base.get("batch_size", 32)),
-    }
-
-
-def curriculum_specs(opts: dict[str, Any], ctx: Context) -> list[RunSpec]:
-    out = []
-    steps, evals = opts["steps"], opts["evals_per_run"]
-    every = max(1, steps // evals)
-    for n in opts["individuals"]:
-        for k in opts["warmup_individuals"]:
-            if k >= n:
-                continue  # a warm-up on everyone is uniform sampling
-            for epochs in opts["warmup_epochs"]:
-                samples = epochs * k
-                if samples >= steps * opts["batch_size"]:
-                    continue  # the warm-up would fill the whole budget
-                out.append(
-                    ctx.spec(
-                        NAME,
-                        f"n{n}-steps{steps}-warm{k}x{epochs}-s{opts['seed']}",
-                        meta={"n": n, "k": k, "epochs": epochs},
-                        individuals=n,
-                        steps=steps,
-                        sampling="curriculum",
-                        warmup_individuals=k,
-                        warmup_samples=samples,
-                        seed=opts["seed"],
-                        world_seed=opts["seed"],
-                        eval_every=every,
-                        checkpoint_every=every * 5,
-                        eval_individuals=n,
-                    )
-                )
-    return out
-
-
-def alpha_specs(opts: dict[str, Any], ctx: Context) -> list[RunSpec]:
-    return [
-        alpha_study.run_spec(ctx, n, opts["steps"], a, opts["seed"], opts["evals_per_run"])
-        for n in opts["individuals"]
-        for a in opts["alphas"]
-    ]
-
-
-def execute(opts: dict[str, Any], ctx: Context) -> None:
-    ctx.run(alpha_specs(opts, ctx) + curriculum_specs(opts, ctx), NAME)
-
-
-def final_acc(result: RunResult) -> float:
-    return float(result.records[-1]["eval/attr_acc"])
-
-
-def analyze(opts: dict[str, Any], ctx: Context) -> Section:
-    a_specs, c_specs = alpha_specs(opts, ctx), curriculum_specs(opts, ctx)
-    a_results, c_results = ctx.load(a_specs), ctx.load(c_specs)
-    rows: list[fitting.WarmupRow] = []
-    detail: dict[int, dict[str, Any]] = {}
-    for n in opts["individuals"]:
-        by_alpha = {
-            s.meta["alpha"]: final_acc(r)
-            for s, r in zip(a_specs, a_results)
-            if r is not None and s.meta["n"] == n
-        }
-        warm = {
-            (s.meta["k"], s.meta["epochs"]): final_acc(r)
-            for s, r in zip(c_specs, c_results)
-            if r is not None and s.meta["n"] == n
-        }
-        if 0.0 not in by_alpha or not warm:
-            continue
-        fixed = {a: v for a, v in by_alpha.items() if a > 0}
-        best_alpha: Optional[float] = max(fixed, key=lambda a: fixed[a]) if fixed else None
-        best_warm = max(warm, key=lambda k: warm[k])
-        rows.append(
-            fitting.WarmupRow(
-                n=n,
-                uniform=by_alpha[0.0],
-                best_alpha=fixed[best_alpha] if best_alpha is not None else None,
-                best_warmup=warm[best_warm],
-            )
+        parser.add_argument(
+            "--epochs-warmup", type=options.epochs, help="epochs over the warm-up subset, swept"
         )
-        detail[n] = {"alpha": best_alpha, "warm": best_warm, "grid": warm}
-    verdict = fitting.warmup_verdict(rows)
+        parser.add_argument("--seeds", type=options.seeds, help="scoring seeds")
+        parser.add_argument(
+            "--selection-seed", type=options.seed, help="seed the configurations are chosen on"
+        )
 
-    fig = new_figure(ncols=2)
-    ax_bar, ax_curve = fig.subplots(1, 2)
-    width = 0.27
-    xs = np.arange(len(rows))
-    ax_bar.bar(xs - width, [r.uniform for r in rows], width, label="uniform")
-    ax_bar.bar(xs, [r.best_alpha or 0.0 for r in rows], width, label="best fixed alpha")
-    ax_bar.bar(xs + width, [r.best_warmup for r in rows], width, label="best warm-up")
-    ax_bar.set_xticks(xs, [f"N={r.n}" for r in rows])
-    ax_bar.set_ylabel("final accuracy, all individuals")
-    ax_bar.set_title(f"{opts['steps']} steps")
-    ax_bar.legend(fontsize=7)
-    if rows:
-        n = rows[-1].n
-        best = detail[n]["warm"]
-        for label, spec_list, res_list, pick in (
-            ("uniform", a_specs, a_results, lambda s: s.meta["alpha"] == 0.0),
-            (
-                f"alpha {detail[n]['alpha']:g}" if detail[n]["alpha"] is not None else "alpha",
-                a_specs,
-                a_results,
-                lambda s: s.meta["alpha"] == detail[n]["alpha"],
-            ),
-            (
-                f"warm-up {best[0]} indiv. x {best[1]} epochs",
-                c_specs,
-                c_results,
-                lambda s: (s.meta["k"], s.meta["epochs"]) == best,
-            ),
+    def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
+        def tup(v: Optional[list]) -> Optional[tuple]:
+            return None if v is None else tuple(sorted(v))
+
+        values = {
+            "individuals": tup(args.individuals),
+            "steps": args.steps,
+            "alphas": tup(args.alphas),
+            "warmup_individuals": tup(args.indiv_warmup),
+            "warmup_epochs": tup(args.epochs_warmup),
+            "seeds": None if args.seeds is None else tuple(args.seeds),
+            "selection_seed": args.selection_seed,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    def check(self, plan: WarmupPlan) -> None:
+        for option, values in (
+            ("--individuals", plan.individuals),
+            ("--alphas", plan.alphas),
+            ("--epochs-warmup", plan.warmup_epochs),
+            ("--seeds", plan.seeds),
         ):
-            for s, r in zip(spec_list, res_list):
-                if r is not None and s.meta["n"] == n and pick(s):
-                    ax_curve.plot(*r.series("eval/attr_acc"), label=label)
-        ax_curve.set_title(f"accuracy over all individuals, N={n}")
-    ax_curve.set_xlabel("step")
-    ax_curve.set_ylabel("eval accuracy (all individuals)")
-    ax_curve.legend(fontsize=7)
-    figure = save_study_figure(fig, ctx.out, NAME)
-
-    table = []
-    for row in rows:
-        d = detail[row.n]
-        alpha_text = (
-            f"{row.best_alpha:.3f} (alpha {d['alpha']:g})" if d["alpha"] is not None else "—"
-        )
-        table.append(
-            (
-                f"N={row.n}: uniform / best alpha / best warm-up",
-                f"{row.uniform:.3f} / {alpha_text} / {row.best_warmup:.3f} "
-                f"({d['warm'][0]} indiv. x {d['warm'][1]} epochs)",
-                "63.26% / — / 94.92% at N=128k" if row is rows[-1] else "—",
+            if not values:
+                raise ValueError(f"{option} needs at least one value")
+        smallest = min(plan.individuals)
+        if not any(k < smallest for k in plan.warmup_individuals):
+            got = ",".join(map(str, plan.warmup_individuals)) or "none"
+            raise ValueError(
+                f"--indiv-warmup needs a value < the smallest N ({smallest}), got {got}"
             )
+        if plan.selection_seed in plan.seeds:
+            raise ValueError(
+                f"--selection-seed ({plan.selection_seed}) must not be one of --seeds: a choice "
+                "scored on its own seed is inflated"
+            )
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def configs(self, plan: WarmupPlan, n: int, batch_size: int) -> list[Warm]:
+        return [
+            Warm(k, e)
+            for k in plan.warmup_individuals
+            for e in plan.warmup_epochs
+            # k >= N is uniform sampling; a warm-up filling the whole budget never sees all N.
+            if k < n and e * k < plan.steps * batch_size
+        ]
+
+    def warm_spec(self, plan: WarmupPlan, ctx: Context, n: int, w: Warm, seed: int) -> RunSpec:
+        return ctx.spec(
+            NAME,
+            f"n{n}-steps{plan.steps}-{w.label}-s{seed}",
+            n=n,
+            seed=seed,
+            eval_every=plan.eval_every,
+            meta={"n": n, "seed": seed, "config": w.label},
+            steps=plan.steps,
+            sampling="curriculum",
+            warmup_individuals=w.k,
+            warmup_samples=w.epochs * w.k,
+            eval_individuals=n,  # every individual, equal weight
         )
-        table.append(
-            (f"N={row.n}: warm-up gain over uniform", f"{row.best_warmup - row.uniform:+.3f}", "—")
+
+    def alpha_spec(self, plan: WarmupPlan, ctx: Context, n: int, a: float, seed: int) -> RunSpec:
+        # The alpha study's eval cadence, so that these runs are its runs (same key, trained once).
+        every = alpha_study.interval(n, plan.alpha_eval_divisor, (plan.steps,))
+        return alpha_study.STUDY.run_spec(ctx, n, a, seed, plan.steps, every)
+
+    def selection(self, plan: WarmupPlan, ctx: Context) -> dict[int, dict[str, RunSpec]]:
+        """Stage 1: per N, label -> spec of every candidate on the selection seed."""
+        batch = int({**load_preset(ctx.preset), **ctx.base}["batch_size"])
+        seed = plan.selection_seed
+        out: dict[int, dict[str, RunSpec]] = {}
+        for n in plan.individuals:
+            cands = {
+                w.label: self.warm_spec(plan, ctx, n, w, seed) for w in self.configs(plan, n, batch)
+            }
+            cands |= {alpha_label(a): self.alpha_spec(plan, ctx, n, a, seed) for a in plan.alphas}
+            out[n] = cands
+        return out
+
+    def choose(
+        self, plan: WarmupPlan, ctx: Context, stage1: dict[int, dict[str, RunSpec]]
+    ) -> dict[int, dict[str, Any]]:
+        """Per N whose stage 1 is complete: the candidates' scores and the two choices."""
+        chosen: dict[int, dict[str, Any]] = {}
+        for n, cands in stage1.items():
+            scores = {
+                label: final_acc(r) for label, r in zip(cands, ctx.load(list(cands.values())))
+            }
+            warm = {k: v for k, v in scores.items() if k.startswith("warm")}
+            alphas = {k: v for k, v in scores.items() if k.startswith("alpha")}
+            if not warm or any(v is None for v in scores.values()):
+                continue  # wait for every candidate: a choice among some would not be stable
+            best_warm = rules.select_best(warm)  # type: ignore[arg-type]
+            best_alpha = rules.select_best(alphas)  # type: ignore[arg-type]
+            chosen[n] = {
+                "scores": scores,
+                "warmup": best_warm,
+                "alpha": float(best_alpha.removeprefix("alpha")),
+                "warm_spec": cands[best_warm],
+            }
+        return chosen
+
+    def scoring(
+        self, plan: WarmupPlan, ctx: Context, chosen: dict[int, dict[str, Any]]
+    ) -> tuple[dict[tuple[int, int, str], RunSpec], int]:
+        """Stage 2: (N, seed, arm) -> spec, and the number of runs not buildable yet."""
+        specs: dict[tuple[int, int, str], RunSpec] = {}
+        missing = 0
+        for n in plan.individuals:
+            for seed in plan.seeds:
+                specs[(n, seed, UNIFORM)] = self.alpha_spec(plan, ctx, n, 0.0, seed)
+                if n not in chosen:
+                    missing += 2
+                    continue
+                c = chosen[n]
+                specs[(n, seed, ALPHA)] = self.alpha_spec(plan, ctx, n, c["alpha"], seed)
+                k, e = c["warmup"].removeprefix("warm").split("x")
+                specs[(n, seed, WARMUP)] = self.warm_spec(plan, ctx, n, Warm(int(k), int(e)), seed)
+        return specs, missing
+
+    def specs(self, plan: WarmupPlan, ctx: Context) -> list[RunSpec]:
+        """Every run buildable now: stage 1, and stage 2 where its choices are made."""
+        stage1 = self.selection(plan, ctx)
+        stage2, _ = self.scoring(plan, ctx, self.choose(plan, ctx, stage1))
+        return _unique([s for c in stage1.values() for s in c.values()] + list(stage2.values()))
+
+    def execute(self, plan: WarmupPlan, ctx: Context) -> None:
+        stage1 = self.selection(plan, ctx)
+        ctx.run(_unique([s for cands in stage1.values() for s in cands.values()]), f"{NAME} select")
+        stage2, _ = self.scoring(plan, ctx, self.choose(plan, ctx, stage1))
+        ctx.run(_unique(list(stage2.values())), NAME)
+
+    # -- analysis -------------------------------------------------------------------------------
+
+    def measure(self, plan: WarmupPlan, ctx: Context) -> study.Measured:
+        stage1 = self.selection(plan, ctx)
+        chosen = self.choose(plan, ctx, stage1)
+        stage2, missing = self.scoring(plan, ctx, chosen)
+        all_specs = _unique(
+            [s for c in stage1.values() for s in c.values()] + list(stage2.values())
         )
-    return study_section(
-        NAME,
-        TITLE,
-        CLAIM,
-        a_results + c_results,
-        verdict=verdict,
-        rule=(
-            f"reproduced if, at the largest N, the best warm-up beats uniform by at least "
-            f"{fitting.MIN_WARMUP_GAIN:.0%} accuracy and the best fixed alpha, with a gain at "
-            "least as large as at the smallest N; not reproduced if it does not beat uniform at "
-            "the largest N; inconclusive otherwise."
-        ),
-        table=table,
-        figure=figure,
-        notes=[
-            "Best warm-up and best alpha are picked on the same final accuracy they are scored "
-            "with (as in the paper's sweep), which favours them slightly.",
-            "Uniform and fixed-alpha runs are shared with the alpha study (OUT/alpha/).",
-        ],
-    )
+        results = ctx.load(all_specs)
+        acc = {key: final_acc(r) for key, r in zip(stage2, ctx.load(list(stage2.values())))}
+        scores: list[rules.WarmupScore] = []
+        for n in plan.individuals:
+            for seed in plan.seeds:
+                arms = [acc.get((n, seed, arm)) for arm in (UNIFORM, ALPHA, WARMUP)]
+                if all(v is not None for v in arms):
+                    scores.append(rules.WarmupScore(n, seed, *arms))  # type: ignore[arg-type]
+        per_n = {}
+        for n in plan.individuals:
+            here = [s for s in scores if s.n == n]
+            per_n[str(n)] = {
+                "uniform": [s.uniform for s in here],
+                "best_alpha": [s.best_alpha for s in here],
+                "warmup": [s.warmup for s in here],
+                "gain_uniform_mean": float(np.mean([s.warmup - s.uniform for s in here]))
+                if here
+                else None,
+            }
+        selection = {
+            str(n): {"scores": c["scores"], "warmup": c["warmup"], "alpha": c["alpha"]}
+            for n, c in chosen.items()
+        }
+        notes = [
+            f"Configurations and the fixed alpha are chosen on seed {plan.selection_seed} and "
+            f"scored on seeds {', '.join(map(str, plan.seeds))}, so the choice does not inflate "
+            "the gain.",
+            "Uniform and fixed-alpha runs are the alpha study's runs of these settings (OUT/alpha/).",
+        ]
+        unchosen = [n for n in plan.individuals if n not in chosen]
+        if unchosen:
+            notes.append(
+                f"No choice yet for N = {', '.join(map(str, unchosen))} (selection unfinished)."
+            )
+        return study.Measured(
+            judgement=rules.judge_warmup(scores),
+            results=results,
+            numbers={"selection": selection, "per_n": per_n},
+            notes=notes,
+            missing=missing,
+            extra={"scores": scores, "chosen": chosen},
+        )
+
+    def draw(self, plan: WarmupPlan, ctx: Context, measured: study.Measured) -> Optional[str]:
+        fig = new_figure(ncols=2)
+        ax_acc, ax_sel = fig.subplots(1, 2)
+        scores: list[rules.WarmupScore] = measured.extra["scores"]
+        width = 0.27
+        for i, n in enumerate(plan.individuals):
+            here = [s for s in scores if s.n == n]
+            for j, (arm, field) in enumerate(
+                ((UNIFORM, "uniform"), (ALPHA, "best_alpha"), (WARMUP, "warmup"))
+            ):
+                x = i + (j - 1) * width
+                values = [getattr(s, field) for s in here]
+                if values:
+                    ax_acc.bar(
+                        x, np.mean(values), width, color=f"C{j}", label=arm if i == 0 else None
+                    )
+                    ax_acc.scatter([x] * len(values), values, s=10, color="k", zorder=3)
+        ax_acc.set_xticks(range(len(plan.individuals)), [f"N={n}" for n in plan.individuals])
+        ax_acc.set_ylabel("final accuracy, all individuals")
+        ax_acc.set_title(f"{plan.steps} steps, scoring seeds (bar: mean)")
+        if scores:
+            ax_acc.legend(fontsize=7)
+        chosen = measured.extra["chosen"]
+        # Candidates differ by N (k < N): one axis over all of them, each N slightly offset.
+        labels = list(dict.fromkeys(k for c in chosen.values() for k in c["scores"]))
+        for i, (n, c) in enumerate(sorted(chosen.items())):
+            dx = (i - (len(chosen) - 1) / 2) * 0.1
+            xs = [labels.index(k) + dx for k in c["scores"]]
+            ax_sel.plot(xs, list(c["scores"].values()), "o", color=f"C{i}", label=f"N={n}")
+            for label in (c["warmup"], alpha_label(c["alpha"])):
+                x = labels.index(label) + dx
+                ax_sel.plot([x], [c["scores"][label]], "*", ms=14, color=f"C{i}")
+        ax_sel.set_xticks(range(len(labels)), labels, rotation=45, fontsize=7)
+        ax_sel.set_ylabel("final accuracy")
+        ax_sel.set_title(f"selection seed {plan.selection_seed} (★ = chosen)")
+        if chosen:
+            ax_sel.legend(fontsize=7)
+        return save_study_figure(fig, ctx.out, NAME)
+
+    def table(self, plan: WarmupPlan, measured: study.Measured) -> list[study.Row]:
+        j = measured.judgement
+
+        def text(estimate: Any) -> str:
+            return "—" if estimate is None else estimate.text(3)
+
+        rows: list[study.Row] = [
+            (
+                "gain over uniform, largest N (primary)",
+                text(j and j.primary),
+                "+31.7 points at N=128k",
+            ),
+            (
+                "gain over the best fixed alpha, largest N",
+                text(j and j.secondary.get("gain_alpha")),
+                "> 0",
+            ),
+            (
+                "gain(largest N) - gain(smallest N)",
+                text(j and j.secondary.get("gain_growth")),
+                "> 0",
+            ),
+        ]
+        for n in plan.individuals:
+            c = measured.extra["chosen"].get(n)
+            p = measured.numbers["per_n"][str(n)]
+            choice = "—" if c is None else f"{c['warmup']}, alpha {c['alpha']:g}"
+            means = " / ".join(
+                f"{np.mean(p[k]):.3f}" if p[k] else "—" for k in ("uniform", "best_alpha", "warmup")
+            )
+            rows.append((f"N={n}: chosen warm-up, alpha", choice, "—"))
+            rows.append((f"N={n}: uniform / best alpha / warm-up (mean acc)", means, "—"))
+        return rows
+
+
+STUDY = WarmupStudy()
