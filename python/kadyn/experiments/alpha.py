@@ -80,16 +80,9 @@ class AlphaStudy:
         parser.add_argument("--seeds", type=options.seeds, help="list of seeds")
 
     def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
-        def tup(v: Optional[list]) -> Optional[tuple]:
-            return None if v is None else tuple(sorted(v))
-
-        values = {
-            "alphas": tup(args.alphas),
-            "individuals": tup(args.individuals),
-            "budgets": tup(args.steps),
-            "seeds": None if args.seeds is None else tuple(args.seeds),
-        }
-        return {k: v for k, v in values.items() if v is not None}
+        return study.plan_fields(
+            alphas=args.alphas, individuals=args.individuals, budgets=args.steps, seeds=args.seeds
+        )
 
     def check(self, plan: AlphaPlan) -> None:
         if len(plan.alphas) < 2:
@@ -238,28 +231,8 @@ class AlphaStudy:
         return save_study_figure(fig, ctx.out, NAME)
 
     def table(self, plan: AlphaPlan, measured: study.Measured) -> list[study.Row]:
-        j = measured.judgement
-
-        def text(estimate: Any) -> str:
-            return "—" if estimate is None else estimate.text()
-
-        rows: list[study.Row] = [
-            (
-                "alpha of the shortest plateau (primary)",
-                text(j and j.primary),
-                "0.6–0.8 for every N",
-            ),
-            (
-                "alpha_opt(large N) - alpha_opt(small N), shortest budget",
-                text(j and j.secondary.get("loss_argmin_shift_n")),
-                "> 0",
-            ),
-            (
-                "alpha_opt(long) - alpha_opt(short budget), largest N",
-                text(j and j.secondary.get("loss_argmin_shift_budget")),
-                "< 0",
-            ),
-        ]
+        rows = study.registered_rows(measured.judgement)
+        rows.append(("paper's shortest-plateau alpha", "—", "0.6–0.8 for every N"))
         cells = measured.numbers["cells"]
         for n in plan.individuals:
             here = [c for c in cells.values() if c["n"] == n]

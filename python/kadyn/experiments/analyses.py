@@ -356,13 +356,9 @@ class AnalysesStudy:
         parser.add_argument("--seed", type=options.seed, help="seed of both runs")
 
     def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
-        values = {
-            "individuals": args.individuals,
-            "steps": args.steps,
-            "alpha": args.alpha,
-            "seed": args.seed,
-        }
-        return {k: v for k, v in values.items() if v is not None}
+        return study.plan_fields(
+            individuals=args.individuals, steps=args.steps, alpha=args.alpha, seed=args.seed
+        )
 
     def check(self, plan: AnalysesPlan) -> None:
         if plan.alpha <= 0:

@@ -91,18 +91,15 @@ class FinetuneStudy:
         parser.add_argument("--seeds", type=options.seeds, help="list of seeds, e.g. 0,1,2")
 
     def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
-        fields = {
-            "replay": args.replay,
-            "individuals": args.individuals,
-            "pretrain_steps": args.pretrain_steps,
-            "new_individuals": args.new_individuals,
-            "steps": args.steps,
-            "lr": args.lr,
-            "seeds": args.seeds,
-        }
-        return {
-            k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if v is not None
-        }
+        return study.plan_fields(
+            replay=args.replay,
+            individuals=args.individuals,
+            pretrain_steps=args.pretrain_steps,
+            new_individuals=args.new_individuals,
+            steps=args.steps,
+            lr=args.lr,
+            seeds=args.seeds,
+        )
 
     def check(self, plan: FinetunePlan) -> None:
         if not plan.seeds:
@@ -309,20 +306,7 @@ class FinetuneStudy:
         return save_study_figure(fig, ctx.out, NAME)
 
     def table(self, plan: FinetunePlan, measured: study.Measured) -> list[study.Row]:
-        rows: list[study.Row] = []
-        j = measured.judgement
-        if j is not None:
-            reg = rules.REGISTRATIONS[j.finding]
-            rows.append(
-                (
-                    reg.primary.description,
-                    "—" if j.primary is None else j.primary.text(),
-                    reg.primary.region.text(),
-                )
-            )
-            for s in reg.secondary:
-                e = j.secondary.get(s.key)
-                rows.append((s.description, "—" if e is None else e.text(), s.region.text()))
+        rows = study.registered_rows(measured.judgement)
         for w, values in measured.extra.get("mean_change", {}).items():
             text = ", ".join(f"{g} {v:.3g}" for g, v in values.items())
             rows.append((f"relative weight change, replay {w}", text, "—"))

@@ -148,13 +148,9 @@ class HallucinationStudy:
         parser.add_argument("--seeds", type=options.seeds, help="list of seeds, e.g. 0,1,2")
 
     def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
-        fields = {
-            "individuals": args.individuals,
-            "heldout": args.heldout,
-            "steps": args.steps,
-            "seeds": tuple(args.seeds) if args.seeds is not None else None,
-        }
-        return {k: v for k, v in fields.items() if v is not None}
+        return study.plan_fields(
+            individuals=args.individuals, heldout=args.heldout, steps=args.steps, seeds=args.seeds
+        )
 
     def check(self, plan: HallucinationPlan) -> None:
         if not plan.seeds:
@@ -287,20 +283,7 @@ class HallucinationStudy:
         return save_study_figure(fig, ctx.out, NAME)
 
     def table(self, plan: HallucinationPlan, measured: study.Measured) -> list[study.Row]:
-        j = measured.judgement
-        if j is None:
-            return []
-        reg = rules.REGISTRATIONS[j.finding]
-        rows: list[study.Row] = [
-            (
-                reg.primary.description,
-                "—" if j.primary is None else j.primary.text(),
-                reg.primary.region.text(),
-            )
-        ]
-        for s in reg.secondary:
-            e = j.secondary.get(s.key)
-            rows.append((s.description, "—" if e is None else e.text(), s.region.text()))
+        rows = study.registered_rows(measured.judgement)
         coverage = measured.numbers.get("coverage")
         rows.append(
             (

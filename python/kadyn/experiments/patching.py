@@ -80,12 +80,7 @@ class PatchingStudy:
         )
 
     def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
-        fields = {
-            "individuals": args.individuals,
-            "steps": args.steps,
-            "seeds": tuple(args.seeds) if args.seeds is not None else None,
-        }
-        return {k: v for k, v in fields.items() if v is not None}
+        return study.plan_fields(individuals=args.individuals, steps=args.steps, seeds=args.seeds)
 
     def check(self, plan: PatchingPlan) -> None:
         if not plan.seeds:
@@ -268,21 +263,7 @@ class PatchingStudy:
         return save_study_figure(fig, ctx.out, NAME)
 
     def table(self, plan: PatchingPlan, measured: study.Measured) -> list[study.Row]:
-        j = measured.judgement
-        if j is None:
-            return []
-        reg = rules.REGISTRATIONS[j.finding]
-        rows: list[study.Row] = [
-            (
-                reg.primary.description,
-                "—" if j.primary is None else j.primary.text(),
-                reg.primary.region.text(),
-            )
-        ]
-        for s in reg.secondary:
-            e = j.secondary.get(s.key)
-            rows.append((s.description, "—" if e is None else e.text(), s.region.text()))
-        return rows
+        return study.registered_rows(measured.judgement)
 
 
 STUDY = PatchingStudy()

@@ -72,12 +72,9 @@ class PlateauStudy:
         parser.add_argument("--max-steps", type=options.steps, help="step cap of every run")
 
     def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
-        values = {
-            "individuals": None if args.individuals is None else tuple(sorted(args.individuals)),
-            "seeds": None if args.seeds is None else tuple(args.seeds),
-            "max_steps": args.max_steps,
-        }
-        return {k: v for k, v in values.items() if v is not None}
+        return study.plan_fields(
+            individuals=args.individuals, seeds=args.seeds, max_steps=args.max_steps
+        )
 
     def check(self, plan: PlateauPlan) -> None:
         if not plan.individuals:
@@ -215,12 +212,7 @@ class PlateauStudy:
         return save_study_figure(fig, ctx.out, NAME)
 
     def table(self, plan: PlateauPlan, measured: study.Measured) -> list[study.Row]:
-        j = measured.judgement
-        rows: list[study.Row] = []
-        primary = j.primary if j is not None else None
-        onset = j.secondary.get("beta_onset") if j is not None else None
-        rows.append(("β, plateau length (primary)", primary.text() if primary else "—", "0.81"))
-        rows.append(("β, knowledge onset", onset.text() if onset else "—", "0.81 (registered)"))
+        rows = study.registered_rows(measured.judgement)
         length_fit, _ = measured.extra["fits"]
         if length_fit is not None:
             rows.append(("prefactor c (length)", f"{length_fit.c:.3g}", "0.43 (other scale)"))

@@ -66,6 +66,35 @@ class Study(Protocol):
     def table(self, plan: Any, measured: Measured) -> list[Row]: ...
 
 
+def plan_fields(**values: Any) -> dict[str, Any]:
+    """Plan fields from command-line options: unset (None) ones left out, lists made sorted
+    tuples (plans are frozen and hashable; the order of a grid is never meaningful)."""
+    return {
+        k: tuple(sorted(v)) if isinstance(v, list) else v
+        for k, v in values.items()
+        if v is not None
+    }
+
+
+def registered_rows(judgement: Optional[rules.Judgement]) -> list[Row]:
+    """Table rows for the finding's registered statistics: estimate with interval, and claim."""
+    if judgement is None:
+        return []
+    reg = rules.REGISTRATIONS[judgement.finding]
+
+    def text(e: Optional[Any]) -> str:
+        return "—" if e is None else e.text()
+
+    rows: list[Row] = [
+        (f"{reg.primary.description} (primary)", text(judgement.primary), reg.primary.region.text())
+    ]
+    rows += [
+        (s.description, text(judgement.secondary.get(s.key)), s.region.text())
+        for s in reg.secondary
+    ]
+    return rows
+
+
 def resolve(study: Study, args: argparse.Namespace, default_plan: Any) -> Any:
     plan = dataclasses.replace(default_plan, **study.overrides(args))
     study.check(plan)

@@ -81,19 +81,15 @@ class WarmupStudy:
         )
 
     def overrides(self, args: argparse.Namespace) -> dict[str, Any]:
-        def tup(v: Optional[list]) -> Optional[tuple]:
-            return None if v is None else tuple(sorted(v))
-
-        values = {
-            "individuals": tup(args.individuals),
-            "steps": args.steps,
-            "alphas": tup(args.alphas),
-            "warmup_individuals": tup(args.indiv_warmup),
-            "warmup_epochs": tup(args.epochs_warmup),
-            "seeds": None if args.seeds is None else tuple(args.seeds),
-            "selection_seed": args.selection_seed,
-        }
-        return {k: v for k, v in values.items() if v is not None}
+        return study.plan_fields(
+            individuals=args.individuals,
+            steps=args.steps,
+            alphas=args.alphas,
+            warmup_individuals=args.indiv_warmup,
+            warmup_epochs=args.epochs_warmup,
+            seeds=args.seeds,
+            selection_seed=args.selection_seed,
+        )
 
     def check(self, plan: WarmupPlan) -> None:
         for option, values in (
@@ -305,28 +301,8 @@ class WarmupStudy:
         return save_study_figure(fig, ctx.out, NAME)
 
     def table(self, plan: WarmupPlan, measured: study.Measured) -> list[study.Row]:
-        j = measured.judgement
-
-        def text(estimate: Any) -> str:
-            return "—" if estimate is None else estimate.text(3)
-
-        rows: list[study.Row] = [
-            (
-                "gain over uniform, largest N (primary)",
-                text(j and j.primary),
-                "+31.7 points at N=128k",
-            ),
-            (
-                "gain over the best fixed alpha, largest N",
-                text(j and j.secondary.get("gain_alpha")),
-                "> 0",
-            ),
-            (
-                "gain(largest N) - gain(smallest N)",
-                text(j and j.secondary.get("gain_growth")),
-                "> 0",
-            ),
-        ]
+        rows = study.registered_rows(measured.judgement)
+        rows.append(("paper's gain over uniform", "—", "+31.7 points at N = 128k"))
         for n in plan.individuals:
             c = measured.extra["chosen"].get(n)
             p = measured.numbers["per_n"][str(n)]
