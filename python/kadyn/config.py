@@ -123,6 +123,12 @@ class TrainConfig:
     eval_every: int = _f(50, "steps between knowledge evaluations", "eval", ge=1)
     eval_individuals: int = _f(256, "cap on probed individuals per probe set", "eval", ge=1)
     eval_batch_size: int = _f(128, "rows per forward pass during evaluation", "eval", ge=1)
+    train_probe: bool = _f(
+        True,
+        "also probe the training templates at each evaluation (off: an evaluation costs about "
+        "half, for runs that only measure knowledge on the eval templates)",
+        "eval",
+    )
     checkpoint_every: int = _f(
         0, "steps between checkpoints; 0 = at every evaluation", "eval", ge=0
     )

@@ -45,7 +45,8 @@ class Probe:
 
 def build_probes(world: Any, config: TrainConfig, runtime: Runtime) -> dict[str, Probe]:
     """Fixed probe sets, sharded by rank (rows i = rank mod world_size); sums are all-reduced."""
-    specs = {"train": ("train", config.population), "eval": ("eval", config.population)}
+    specs = {"train": ("train", config.population)} if config.train_probe else {}
+    specs["eval"] = ("eval", config.population)
     if config.heldout > 0:
         specs["heldout"] = ("eval", "heldout")
     if config.population == "new":

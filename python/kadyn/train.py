@@ -368,10 +368,12 @@ def publish(
     tokens_per_s, mfu = record["perf/tokens_per_s"], record["perf/mfu"]
     speed = f" | {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
     speed += f" | MFU {mfu:.1%}" if mfu is not None else ""
+    train_probe = record.get("train/attr_loss")
+    train_text = "" if train_probe is None else f"train-template loss {train_probe:.3f} | "
     log(
         f"step {record['step']:>6} | eval attr loss {record['eval/attr_loss']:.3f} "
         f"(no-knowledge {record['no_knowledge/level']:.3f}) acc {record['eval/attr_acc']:.3f} | "
-        f"train-template loss {record['train/attr_loss']:.3f} | phase {record['phase']}{speed}"
+        f"{train_text}phase {record['phase']}{speed}"
     )
 
 

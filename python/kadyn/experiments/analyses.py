@@ -377,6 +377,7 @@ class AnalysesStudy:
             snapshot_models=True,
             steps=plan.steps,
             count_exposures=True,
+            train_probe=True,  # the train-vs-eval template gap needs it
         )
         tag = f"n{plan.individuals}-s{plan.seed}"
         return [

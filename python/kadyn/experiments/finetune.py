@@ -118,10 +118,9 @@ class FinetuneStudy:
     # -- runs ----------------------------------------------------------------------------------
 
     def specs(self, plan: FinetunePlan, ctx: Context) -> list[RunSpec]:
-        """The runs that can be planned before any training: the pre-trainings, then their
-        fine-tunings (they only need the pre-training's checkpoint path)."""
-        pre = [self.pretrain_spec(plan, ctx, s) for s in plan.seeds]
-        return pre + [f for s in plan.seeds for f in self.finetune_specs(plan, ctx, s)]
+        """The runs that depend on no other run: the pre-trainings (each fine-tuning starts from
+        one)."""
+        return [self.pretrain_spec(plan, ctx, s) for s in plan.seeds]
 
     def pretrain_spec(self, plan: FinetunePlan, ctx: Context, seed: int) -> RunSpec:
         return ctx.spec(

@@ -118,12 +118,15 @@ class PatchingStudy:
         ref_dir = self.reference_spec(plan, ctx, seed).run_dir(ctx.out)
         last = int(reference.records[-1]["step"])
         # Past the reference's end, so the unpatched onset (another seed) is seen, not cut.
-        stop = (3 * last) // 2
+        # Twins stop at their own onset (what is measured), or at 1.25x the reference's length:
+        # past the reference's onset plus its seed-to-seed spread (about 15% in the pilot).
+        stop = (5 * last) // 4
         common: dict[str, Any] = dict(
             n=plan.individuals,
             seed=seed + TWIN_OFFSET,
             eval_every=plan.eval_every,
             stop_at_step=stop,
+            stop_after_knowledge=0,
             world_seed=seed,  # the reference's world: its patterns are of these biographies
             steps=max(plan.steps, stop),
         )
@@ -184,8 +187,13 @@ class PatchingStudy:
                     k = r.records[-1]["step"]
                     censored.append(source)
                 onset[source] = float(max(k, 1))  # a log ratio needs a positive step
+            # Over the steps every twin of this seed ran (they stop at their own onsets), so that
+            # the comparison is over the same window.
+            window = min((r.records[-1]["step"] for _, r in done.values()), default=0)
             mean_loss = {
-                source: float(np.mean(r.series("eval/attr_loss")[1]))
+                source: float(
+                    np.mean([v for t, v in zip(*r.series("eval/attr_loss")) if t <= window])
+                )
                 for source, (_, r) in done.items()
             }
             runs.append(rules.PatchingRun(seed=seed, onset=onset, mean_loss=mean_loss))
@@ -242,8 +250,9 @@ class PatchingStudy:
                     color="k" if name == "none" else f"C{i}",
                     label=label,
                 )
-            first = next(iter(done.values()))[1]
-            ax_loss.axhline(first.summary["level"], color="0.3", ls=":", lw=0.8, label="F")
+            if done:  # the reference's seed may have no finished twin yet
+                first = next(iter(done.values()))[1]
+                ax_loss.axhline(first.summary["level"], color="0.3", ls=":", lw=0.8, label="F")
             ax_loss.set_title(f"twins, seed {seed}", fontsize=9)
         ax_loss.set_yscale("log")
         ax_loss.set_xlabel("step")

@@ -51,7 +51,7 @@ class RunSpec:
     name: str  # readable part of the directory name, e.g. "n500-s0"
     overrides: dict[str, Any]  # TrainConfig fields over the preset (not out/resume/progress)
     preset: str = "tiny"
-    # Stop this many steps after the first knowledge-phase eval (the plateau end); None = never.
+    # Stop this many steps after the knowledge onset (the plateau's end); None = never.
     stop_after_knowledge: Optional[int] = None
     # Stop at the first evaluation at or after this step (the lr schedule still spans `steps`).
     stop_at_step: Optional[int] = None
@@ -198,9 +198,11 @@ def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> di
         if spec.snapshot_models:
             state = {"model": model.state_dict(), "model_config": vars(model.config).copy()}
             save_checkpoint({**state, "step": step}, snapshot_path(run_dir, step))
-        end = record.get("phase/plateau_end")
-        if spec.stop_after_knowledge is not None and end is not None:
-            if step >= end + spec.stop_after_knowledge:
+        # The onset, not the plateau's end: a run that reaches knowledge without a detected
+        # plateau must stop too (onset = plateau end whenever there is a plateau).
+        onset = record.get("phase/knowledge_onset")
+        if spec.stop_after_knowledge is not None and onset is not None:
+            if step >= onset + spec.stop_after_knowledge:
                 raise _StopRun
         if spec.stop_at_step is not None and step >= spec.stop_at_step:
             raise _StopRun
@@ -268,6 +270,8 @@ def run_all(
             results[i] = cached
         else:
             todo.append(i)
+    # Longest first: the last runs to start are short, so no core idles long at the end.
+    todo.sort(key=lambda i: -expected_cost(specs[i]))
     # Split the cores between parallel runs: oversubscribed OpenMP threads slow everything down.
     threads = threads or max(1, cpu_count() // max(1, jobs))
     errors: list[str] = []
@@ -305,6 +309,12 @@ def run_all(
     if errors:
         raise RunFailed(f"{len(errors)} run(s) failed:\n" + "\n".join(errors))
     return [results[i] for i in range(len(specs))]
+
+
+def expected_cost(spec: RunSpec) -> float:
+    """A run's relative cost for ordering: individuals x steps (a run stopped at knowledge
+    onset takes time roughly proportional to N, and so does an evaluation)."""
+    return float(spec.overrides.get("individuals", 1)) * float(spec.overrides.get("steps", 1))
 
 
 def _describe_failure(spec: RunSpec, e: BaseException) -> str:

@@ -52,7 +52,8 @@ class Study(Protocol):
         ...
 
     def specs(self, plan: Any, ctx: Context) -> list[RunSpec]:
-        """The runs that can be planned before any training (later stages depend on them)."""
+        """The runs that depend on no other run (later stages are built from their results);
+        `kadyn-exp all` trains those of every study in one pool."""
         ...
 
     def execute(self, plan: Any, ctx: Context) -> None: ...
