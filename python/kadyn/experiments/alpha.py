@@ -172,6 +172,14 @@ class AlphaStudy:
             "One run per (N, alpha, seed) of the longest budget at constant lr; shorter budgets "
             "are its evals at those steps.",
             "Loss and plateau use the eval templates of all N individuals, equally weighted.",
+            # A limit of the registered design, noticed after the confirmatory run (rules 2.1).
+            f"The claim's upper edge ({rules.ALPHA.primary.region.hi:g}) is also the largest "
+            "alpha run, and the vertex is kept on the grid's range, so the interval cannot leave "
+            "the claim on that side: on this grid, 'reproduced' says the argmin is not below "
+            f"{rules.ALPHA.primary.region.lo:g}. A grid reaching past the edge (e.g. to 1.4) "
+            "would test both sides.",
+            "The secondary statistics resample seeds and need 3; with the plan's 2 they are "
+            "not measured.",
             "Plateau length: a plateau not left by the run's end counts up to its last step "
             "(censored), a run without a detected plateau counts 0; the rule floors both at one "
             "eval interval before taking logs.",

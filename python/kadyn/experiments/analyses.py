@@ -410,6 +410,10 @@ class AnalysesStudy:
             "before the position (every sentence repeats the name); mean over heads and the "
             f"positions predicting each value's first token of the first {ATTENTION_ROWS} probe "
             "rows.",
+            # The probe takes the first k individuals, and P(i) ~ (i+1)^-alpha.
+            "Probes hold the first min(N, eval cap) individuals: under power-law sampling those "
+            "are the most frequent, so the power run's per-attribute levels are not comparable "
+            "with the uniform run's; the exposure analysis is per individual and is unaffected.",
         ]
         runs: dict[str, RunAnalysis] = {}
         for spec, result in zip(specs, results):

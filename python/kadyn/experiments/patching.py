@@ -7,7 +7,8 @@ the plateau), plateau_late (85%), post (end + half the plateau's length, capped 
 step), each snapped to the first evaluated step at or after its target (quarters of the onset
 when no plateau was detected). Stage 2 trains twins (seed + 1000) whose attention patterns are,
 in every layer, those of one snapshot run on the same batch, plus one unpatched twin; twins stop
-at twice the reference's last step so the unpatched twin's onset is observed, not cut.
+at their own knowledge onset, or at 1.25x the reference's last step (past the reference's onset
+plus its seed spread, so the unpatched twin's onset is observed, not cut).
 `rules.judge_patching` compares knowledge onsets (censored at a twin's last step) and mean losses.
 """
 
@@ -215,7 +216,8 @@ class PatchingStudy:
                 )
         notes.append(
             f"All layers patched; twins use seed + {TWIN_OFFSET} and the reference's world, and "
-            "run to twice the reference's last step."
+            "stop at their own knowledge onset or at 1.25x the reference's last step; mean losses "
+            "are compared over the steps every twin of the seed ran."
         )
         return study.Measured(
             judgement=rules.judge_patching(runs),

@@ -137,8 +137,22 @@ class PlateauStudy:
         no_plateau = [r for r in runs if r.length is None]
         if no_plateau:
             notes.append(
-                f"{len(no_plateau)} run(s) had no plateau that ended within {plan.max_steps} "
-                "steps (left out of the fit)."
+                f"{len(no_plateau)} run(s) reached knowledge without a detected plateau "
+                "(left out of the length fit, kept in the onset fit)."
+            )
+        starts = {
+            n: _mean([r.onset - r.length for r in runs if r.n == n and r.length is not None])  # type: ignore[operator]
+            for n in plan.individuals
+        }
+        if any(v is not None for v in starts.values()):
+            # Why length and onset scale differently: the plateau is the onset minus the
+            # statistics phase, whose length barely depends on N.
+            notes.append(
+                "Plateau start (mean over seeds): "
+                + ", ".join(f"N={n}: {v:.0f}" for n, v in starts.items() if v is not None)
+                + ". The statistics phase ends at a similar step at every N, so the plateau is "
+                "the onset minus a nearly constant offset: short at small N, which steepens the "
+                "slope of its length beside that of the onset."
             )
         coarse = sorted(name for name, k in evals.items() if 0 < k < MIN_PLATEAU_EVALS)
         if coarse:

@@ -115,7 +115,9 @@ def write_report(
     walls = [s.study_wall_s for s in sections if s.study_wall_s is not None]
     if walls:
         lines.append(
-            f"Study wall times (each from the call that trained its runs) sum to "
+            "Study wall times (each from the call that trained its runs; under `kadyn-exp all` "
+            "they leave out its first pass, which trains every study's independent runs "
+            "together) sum to "
             f"{sum(walls) / 60:.1f} min: "
             + ", ".join(f"{s.study} {s.study_wall_s / 60:.1f}" for s in sections if s.study_wall_s)
             + "."
