@@ -150,9 +150,9 @@ class PlateauStudy:
             notes.append(
                 "Plateau start (mean over seeds): "
                 + ", ".join(f"N={n}: {v:.0f}" for n, v in starts.items() if v is not None)
-                + ". The statistics phase ends at a similar step at every N, so the plateau is "
-                "the onset minus a nearly constant offset: short at small N, which steepens the "
-                "slope of its length beside that of the onset."
+                + ". The plateau starts at a few hundred steps at every N, while the onset grows "
+                "with N: at small N the plateau is a short remainder between the two, which "
+                "steepens the slope of its length beside that of the onset."
             )
         coarse = sorted(name for name, k in evals.items() if 0 < k < MIN_PLATEAU_EVALS)
         if coarse:

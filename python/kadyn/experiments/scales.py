@@ -5,13 +5,12 @@ A scale is the trainer settings shared by every run (`base`, over the `tiny` or 
 plus one plan per study (which N, seeds, alphas, budgets...). Command-line options override the
 plan's lists; the base is fixed per scale so cached runs stay comparable.
 
-Sizing the cpu scale (measured on this 2-core machine, with the earlier 100-name pools and N from
-128; the pools and N >= 256 now follow the phases issue, and the suite's second edition re-sizes
-the plans): a 2-layer, d_model-64 model on the tiny
-preset's small pools, batch 32, lr 3e-3, reaches the no-knowledge band after 170-380 steps and
-knowledge after about 210 / 330 / 600 steps for N = 128 / 256 / 512; it trains at 5-10 steps/s
-on one thread. Each study is sized so that the whole suite takes about half an hour with two
-one-thread runs in parallel, leaving room for a busy machine.
+Sizing the cpu scale (2 cores, two one-thread runs at a time; a 2-layer, d_model-64 model at
+constant lr trains at about 13 steps/s on one thread, and an evaluation of k probe rows costs
+about k / 100 training steps): each plan's number of seeds is the one registered in `rules.py`
+from the pilot (`kadyn-exp pilot`, cut by `PILOT_CUTS`), and the grids are the issue's minimums
+where a finding is registered undecidable. Measured: the whole `kadyn-exp all --scale cpu` took
+51 minutes on an idle 2-core machine (README).
 """
 
 from __future__ import annotations
