@@ -135,7 +135,7 @@ def run_study(
     ctx = _context(out, args.scale, args)
     study_file = out / study.name / report.STUDY_FILE
     previous = report.read_study_file(out / study.name)
-    info = {
+    info: dict[str, Any] = {
         "study": study.name,
         "scale": scale.name,
         "preset": ctx.preset,

@@ -294,9 +294,12 @@ class FinetuneStudy:
             groups = list(next(iter(mean_change.values())))
             x = np.arange(len(groups))
             width = 0.8 / len(mean_change)
-            for i, (w, values) in enumerate(mean_change.items()):
+            for i, (weight, values) in enumerate(mean_change.items()):
                 ax_w.bar(
-                    x + i * width, [values.get(g, 0.0) for g in groups], width, label=f"replay {w}"
+                    x + i * width,
+                    [values.get(g, 0.0) for g in groups],
+                    width,
+                    label=f"replay {weight}",
                 )
             ax_w.set_xticks(x + 0.4 - width / 2, groups, rotation=30, fontsize=7)
             ax_w.legend(fontsize=7)

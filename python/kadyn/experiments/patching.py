@@ -45,7 +45,7 @@ def source_steps(reference: RunResult, sources: tuple[str, ...]) -> tuple[dict[s
     onset = reference.summary.get("knowledge_onset")
     targets: dict[str, float] = {"init": 0}
     plateau = start is not None and end is not None
-    if plateau:
+    if start is not None and end is not None:
         length = end - start
         targets["statistics"] = start / 2
         for name, fraction in PLATEAU_FRACTION.items():

@@ -488,8 +488,8 @@ def judge_hallucination(runs: Sequence[HallucinationRun]) -> Judgement:
                 [r.confidence_heldout - r.confidence_heldout_plateau for r in runs], LEVEL
             ),
             "name_match_excess": mean_estimate(
-                [r.name_match - r.name_match_chance for r in matched],
-                LEVEL,  # type: ignore[operator]
+                [r.name_match - r.name_match_chance for r in matched],  # type: ignore[operator]
+                LEVEL,
             ),
         },
     )

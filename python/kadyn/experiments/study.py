@@ -39,7 +39,11 @@ class Study(Protocol):
     name: str
     title: str
     claim: str
-    plan_type: type
+
+    @property
+    def plan_type(self) -> type:
+        """The study's plan dataclass (read-only, so each study may narrow it)."""
+        ...
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
