@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from kadyn import phases
 from kadyn.experiments import options, rules, study
 from kadyn.experiments.report import new_figure, save_study_figure
 from kadyn.experiments.runner import Context, RunResult, RunSpec
@@ -40,14 +41,15 @@ def interval(n: int, divisor: int, budgets: tuple[int, ...]) -> int:
     return every
 
 
-def plateau_length(result: RunResult) -> float:
-    """end - start; censored at the run's last step if the plateau was not left; 0 if none."""
+def censored_plateau_length(result: RunResult) -> float:
+    """`phases.plateau_length`, with a plateau not left by the run's end counted up to its last
+    step (censored), and no detected plateau counted 0."""
     start, end = result.summary.get("plateau_start"), result.summary.get("plateau_end")
     if start is None:
         return 0.0
-    if end is None:
-        return float(result.records[-1]["step"]) - float(start)
-    return float(end) - float(start)
+    length = phases.plateau_length(start, end if end is not None else result.records[-1]["step"])
+    assert length is not None
+    return length
 
 
 def losses_at(result: RunResult, budgets: tuple[int, ...]) -> Optional[dict[int, float]]:
@@ -142,7 +144,9 @@ class AlphaStudy:
             m = spec.meta
             every = int(spec.overrides["eval_every"])
             runs.append(
-                rules.AlphaRun(m["n"], m["seed"], m["alpha"], plateau_length(result), every, losses)
+                rules.AlphaRun(
+                    m["n"], m["seed"], m["alpha"], censored_plateau_length(result), every, losses
+                )
             )
         cells: dict[str, Any] = {}
         for n in plan.individuals:
