@@ -241,3 +241,13 @@ def test_every_scale_resolves_and_plans_its_runs(scale: str, tmp_path: Path) -> 
         for spec in specs:  # every run is a valid trainer config
             overrides = {k: v for k, v in spec.overrides.items() if k != "init_checkpoint"}
             make_config(spec.preset, **overrides).validate()
+
+
+@pytest.mark.parametrize("name", [s for s in STUDIES if s != "analyses"])
+def test_a_plan_without_seeds_is_refused_naming_the_option(name: str) -> None:
+    """A plan built in code can hold an empty list (the command line refuses one)."""
+    from kadyn.experiments.scales import SMOKE
+
+    empty = dataclasses.replace(SMOKE.plan(name), seeds=())
+    with pytest.raises(ValueError, match="--seeds needs at least one value"):
+        cli.STUDIES[name].check(empty)

@@ -89,13 +89,9 @@ class AlphaStudy:
     def check(self, plan: AlphaPlan) -> None:
         if len(plan.alphas) < 2:
             raise ValueError("--alphas needs at least two values to compare")
-        for option, values in (
-            ("--individuals", plan.individuals),
-            ("--steps", plan.budgets),
-            ("--seeds", plan.seeds),
-        ):
-            if not values:
-                raise ValueError(f"{option} needs at least one value")
+        study.require_values(
+            ("--individuals", plan.individuals), ("--steps", plan.budgets), ("--seeds", plan.seeds)
+        )
 
     def run_spec(
         self, ctx: Context, n: int, alpha: float, seed: int, steps: int, eval_every: int

@@ -102,10 +102,7 @@ class FinetuneStudy:
         )
 
     def check(self, plan: FinetunePlan) -> None:
-        if not plan.seeds:
-            raise ValueError("--seeds: at least one seed is needed")
-        if not plan.new_individuals:
-            raise ValueError("--new-individuals: at least one count is needed")
+        study.require_values(("--seeds", plan.seeds), ("--new-individuals", plan.new_individuals))
         if len(_replay(plan)) < 2:
             raise ValueError("--replay: at least one weight > 0 is needed beside no replay")
         if plan.eval_every > plan.steps:

@@ -153,8 +153,7 @@ class HallucinationStudy:
         )
 
     def check(self, plan: HallucinationPlan) -> None:
-        if not plan.seeds:
-            raise ValueError("--seeds: at least one seed is needed")
+        study.require_values(("--seeds", plan.seeds))
         if plan.eval_every > plan.steps:
             raise ValueError(
                 f"--steps must be >= the eval interval {plan.eval_every}, got {plan.steps}"

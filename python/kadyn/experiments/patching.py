@@ -84,8 +84,7 @@ class PatchingStudy:
         return study.plan_fields(individuals=args.individuals, steps=args.steps, seeds=args.seeds)
 
     def check(self, plan: PatchingPlan) -> None:
-        if not plan.seeds:
-            raise ValueError("--seeds: at least one seed is needed")
+        study.require_values(("--seeds", plan.seeds))
         unknown = [s for s in plan.sources if s not in rules.PATCHING_SOURCES]
         if unknown:
             raise ValueError(

@@ -77,10 +77,7 @@ class PlateauStudy:
         )
 
     def check(self, plan: PlateauPlan) -> None:
-        if not plan.individuals:
-            raise ValueError("--individuals needs at least one N")
-        if not plan.seeds:
-            raise ValueError("--seeds needs at least one seed")
+        study.require_values(("--individuals", plan.individuals), ("--seeds", plan.seeds))
 
     def specs(self, plan: PlateauPlan, ctx: Context) -> list[RunSpec]:
         return [

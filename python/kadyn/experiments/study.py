@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 from kadyn.experiments import rules
 from kadyn.experiments.report import Section, study_section
@@ -79,6 +79,14 @@ def plan_fields(**values: Any) -> dict[str, Any]:
         for k, v in values.items()
         if v is not None
     }
+
+
+def require_values(*options: tuple[str, Sequence[Any]]) -> None:
+    """Raise ValueError naming the first (option, values) pair whose list is empty: a plan built
+    in code can hold one, though the command line refuses it."""
+    for option, values in options:
+        if not values:
+            raise ValueError(f"{option} needs at least one value")
 
 
 def registered_rows(judgement: Optional[rules.Judgement]) -> list[Row]:

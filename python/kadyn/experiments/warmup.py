@@ -92,14 +92,12 @@ class WarmupStudy:
         )
 
     def check(self, plan: WarmupPlan) -> None:
-        for option, values in (
+        study.require_values(
             ("--individuals", plan.individuals),
             ("--alphas", plan.alphas),
             ("--epochs-warmup", plan.warmup_epochs),
             ("--seeds", plan.seeds),
-        ):
-            if not values:
-                raise ValueError(f"{option} needs at least one value")
+        )
         smallest = min(plan.individuals)
         if not any(k < smallest for k in plan.warmup_individuals):
             got = ",".join(map(str, plan.warmup_individuals)) or "none"
