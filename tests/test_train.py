@@ -37,7 +37,9 @@ from kadyn.evaluation import METRICS_SCHEMA, make_record
 from kadyn.model import GPT, ModelConfig
 from kadyn.phases import Phases
 from kadyn.plots import plot_curves
+from kadyn.runlock import LOCK_NAME
 from kadyn.train import (
+    EXIT_DIVERGED,
     TrainState,
     check_resumable,
     lr_factor,
@@ -397,15 +399,13 @@ def test_resume_refuses_an_incompatible_config(tmp_path, capsys) -> None:
     assert main(["--out", str(out), "--resume"]) == 0
 
 
-def test_resume_without_or_with_a_corrupt_checkpoint(tmp_path, capsys) -> None:
+def test_resume_with_a_corrupt_checkpoint(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    assert main([*SMALL_FLAGS, "--out", str(out), "--resume"]) == 2
-    assert "--resume: no checkpoint at" in capsys.readouterr().err
     (out / "checkpoint.pt").write_bytes(b"\x00" * 10)
     assert main([*SMALL_FLAGS, "--out", str(out), "--resume"]) == 2
     assert "--resume: corrupt checkpoint" in capsys.readouterr().err
-    assert os.listdir(out) == ["checkpoint.pt"]
+    assert sorted(os.listdir(out)) == [LOCK_NAME, "checkpoint.pt"]
 
 
 def test_summary_line_names_the_plateau() -> None:
@@ -532,9 +532,10 @@ def test_control_run_and_twin(tmp_path) -> None:
 def test_a_diverging_run_stops_with_one_line(tmp_path, capsys) -> None:
     out = tmp_path / "nan"
     flags = [*SMALL_FLAGS, "--steps", "6", "--eval-every", "3", "--lr", "1e10", "--grad-clip", "0"]
-    assert main([*flags, "--out", str(out)]) == 2
+    assert main([*flags, "--out", str(out)]) == EXIT_DIVERGED
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "non-finite loss at step 3" in err and "last finite eval loss" in err, err
+    assert "non-finite loss at the evaluation of step 3" in err, err
+    assert "last finite eval loss" in err and "--allow-nonfinite" in err, err
     # Everything written before the divergence is valid JSON (no bare NaN).
     for line in (out / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))

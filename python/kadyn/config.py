@@ -22,6 +22,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
+try:  # TEMP-MAXSEQ
+    from kadyn._native import MAX_SEQ_LEN
+except ImportError:  # TEMP-MAXSEQ
+    MAX_SEQ_LEN = 1 << 20  # TEMP-MAXSEQ
+
 SAMPLINGS = ("uniform", "power", "curriculum")
 POPULATIONS = ("train", "new")
 DEVICES = ("auto", "cpu", "cuda")
@@ -49,6 +54,18 @@ class TrainConfig:
     data_threads: int = _f(1, "threads of the Rust batch builder", "run", ge=1)
     seed: int = _f(0, "seed of the initialisation and of the sample stream", "run", ge=0)
     progress: bool = _f(True, "show a tqdm progress bar", "run")
+    log_every: int = _f(
+        10,
+        "steps between reads of the training loss (progress line and the non-finite check; the "
+        "only host syncs between evaluations)",
+        "run",
+        ge=1,
+    )
+    allow_nonfinite: bool = _f(
+        False,
+        "keep training after a non-finite loss (metrics record it as null) instead of stopping",
+        "run",
+    )
     compile: bool = _f(False, "torch.compile the model (CUDA)", "run")
     twin: str = _f(
         "",
@@ -74,7 +91,9 @@ class TrainConfig:
     # --- data ---
     population: str = _f("train", "population trained on", "data", choices=POPULATIONS)
     sampling: str = _f("uniform", "distribution over individuals", "data", choices=SAMPLINGS)
-    alpha: float = _f(0.0, "power-law exponent: P(i) ~ i^-alpha (--sampling power)", "data", ge=0)
+    alpha: float = _f(
+        0.0, "power-law exponent: P(i) ~ i^-alpha (implies --sampling power)", "data", ge=0
+    )
     warmup_individuals: int = _f(
         0, "curriculum: first train on this many individuals (--sampling curriculum)", "data", ge=0
     )
@@ -99,7 +118,9 @@ class TrainConfig:
     batch_size: int = _f(
         32, "global batch size (biographies per step, over all ranks)", "data", ge=1
     )
-    seq_len: int = _f(100, "tokens per row (a biography is padded to this)", "data", ge=8)
+    seq_len: int = _f(
+        100, "tokens per row (a biography is padded to this)", "data", ge=8, le=MAX_SEQ_LEN
+    )
     packing: str = _f(
         "pad", "pad: one biography per row; pack: joined with <eos>", "data", choices=PACKINGS
     )
@@ -183,6 +204,20 @@ class TrainConfig:
             raise ValueError(
                 f"--year-max must be >= --year-min ({self.year_min}), got {self.year_max}"
             )
+        # One meaning per flag (as kadyn-gen): --alpha is power-law sampling, --warmup-* a
+        # curriculum; given with another sampling they would silently do nothing.
+        if self.alpha > 0 and self.sampling != "power":
+            raise ValueError(
+                f"--alpha {self.alpha:g} means --sampling power; it conflicts with "
+                f"--sampling {self.sampling}"
+            )
+        if self.sampling != "curriculum":
+            for name in ("warmup_individuals", "warmup_samples"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{flag_name(name)} needs --sampling curriculum, got --sampling "
+                        f"{self.sampling}"
+                    )
         if self.sampling == "curriculum":
             if not 1 <= self.warmup_individuals <= self.individuals:
                 raise ValueError(
@@ -228,6 +263,8 @@ RESUMABLE_FIELDS = frozenset(
         "threads",
         "data_threads",
         "progress",
+        "log_every",
+        "allow_nonfinite",
         "compile",
         "peak_tflops",
         "twin",
@@ -369,14 +406,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[TrainConfig, dict[
     `kadyn-train --out DIR --resume` continues whatever DIR was started with.
     """
     given = vars(build_parser().parse_args(argv))
+    if "alpha" in given and "sampling" not in given:
+        given["sampling"] = "power"  # --alpha A is power-law sampling, as in kadyn-gen
     if given.get("resume") and given.get("out"):
-        saved = Path(given["out"]) / "config.toml"
-        if saved.exists():
-            base = load_config_file(saved).to_dict()
-            base.update(given)
-            return TrainConfig(**base), given
+        base = saved_config(Path(given["out"]))
+        if base is not None:
+            return TrainConfig(**{**base, **given}), given
     preset = given.get("preset", TrainConfig.preset)
     values = load_preset(preset)
     values["preset"] = preset
     values.update(given)
     return TrainConfig(**values), given
+
+
+def saved_config(run_dir: Path) -> Optional[dict[str, Any]]:
+    """A run's own settings: its config.toml, or if that is gone, the config its checkpoint
+    holds (the checkpoint is what a resume continues); None for a directory with neither."""
+    path = run_dir / "config.toml"
+    if path.exists():
+        return load_config_file(path).to_dict()
+    from kadyn.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+
+    if not checkpoint_path(run_dir).exists():
+        return None
+    try:
+        saved = load_checkpoint(checkpoint_path(run_dir))["config"]
+    except (CheckpointError, KeyError):
+        return None  # the resume itself reports the damaged checkpoint
+    return _check_types({k: v for k, v in saved.items() if k in _field_map()}, "checkpoint")

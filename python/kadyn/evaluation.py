@@ -11,12 +11,15 @@ sees the same probes) and sharded over ranks, their sums all-reduced:
 
 A metrics.jsonl record is one flat dict with regular `{probe}/{metric}` and
 `{probe}/{attribute}/{metric}` keys (README, "Training: kadyn-train", lists them all) and a
-`schema` version, bumped whenever a key changes meaning or name.
+`schema` version, bumped whenever a key changes meaning or name. Records are strict JSON: a
+non-finite value (a run kept going with --allow-nonfinite) is written as null, and the record's
+`nonfinite` list names those keys.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -166,7 +169,27 @@ def make_record(
     record["perf/tokens_per_s"] = tokens_per_s
     record["perf/mfu"] = mfu
     record["time/elapsed_s"] = elapsed_s
+    nonfinite = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if nonfinite:
+        record.update(dict.fromkeys(nonfinite))
+        record["nonfinite"] = nonfinite
     return record
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every non-finite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_line(value: Any, indent: Optional[int] = None) -> str:
+    """Strict JSON (no bare NaN/Infinity, which strict parsers reject) and a newline."""
+    return json.dumps(finite_or_null(value), allow_nan=False, indent=indent) + "\n"
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -27,8 +27,9 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
+import errno
 import math
 import random
 import sys
@@ -36,7 +37,7 @@ import time
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from kadyn.batches import TrainBatches, make_sampling
 from kadyn.checkpoint import (
     CheckpointError,
     checkpoint_path,
+    first_line,
     load_checkpoint,
     save_checkpoint,
 )
@@ -59,6 +61,7 @@ from kadyn.evaluation import (
     Probe,
     build_probes,
     evaluate,
+    json_line,
     make_record,
     read_metrics,
 )
@@ -66,6 +69,7 @@ from kadyn.fileio import atomic_write, atomic_write_text
 from kadyn.model import GPT, ModelConfig, next_token_targets
 from kadyn.phases import Phases, band_sensitivity, detect_phases
 from kadyn.plots import plot_curves
+from kadyn.runlock import LOCK_NAME, DirectoryInUse, DirectoryLock
 from kadyn.runtime import Runtime, autocast, setup_runtime
 from kadyn.twin import Twin, load_twin
 
@@ -73,6 +77,18 @@ EvalCallback = Callable[[int, dict, GPT], None]
 StepCallback = Callable[[int, dict, GPT], None]
 
 PLOT_EVERY_EVALS = 10
+
+# Exit codes of `kadyn-train`, one per kind of failure (as kadyn-gen's), so that a scheduler can
+# tell "fix the command" from "retry elsewhere" from "the run diverged".
+EXIT_USAGE = 2  # a bad flag, config or checkpoint
+EXIT_IN_USE = 3  # another process holds --out
+EXIT_ENVIRONMENT = 4  # the filesystem refused: not a directory, read-only, full
+EXIT_DIVERGED = 5  # a non-finite loss, without --allow-nonfinite
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT; --resume continues from the last checkpoint
+
+
+class Diverged(RuntimeError):
+    """The loss became non-finite (and --allow-nonfinite was not given)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,6 +116,9 @@ class TrainState:
     # the last sync, plus this rank's since then. None when not counting.
     exposures: Optional[torch.Tensor] = None
     pending_exposures: Optional[torch.Tensor] = None
+    # The last finite training loss read (mean over a log window) and its step: what a divergence
+    # message reports. Not checkpointed: only messages read it.
+    last_finite: Optional[tuple[int, float]] = None
 
     @classmethod
     def start(
@@ -133,6 +152,32 @@ class TrainState:
         # Accumulate on the device: a .item() per step would stall a GPU on every step.
         self.loss_sum += loss.detach().double()
         self.loss_count += 1
+
+    def check_train_loss(self, allow_nonfinite: bool) -> Optional[float]:
+        """Mean step loss of this rank since the last eval, read from the device accumulator (one
+        host sync, at log intervals only). Raises `Diverged` if it is not finite, unless
+        allowed."""
+        if self.loss_count == 0:
+            return None
+        mean = (self.loss_sum / self.loss_count).item()
+        if math.isfinite(mean):
+            self.last_finite = (self.step, mean)
+        elif not allow_nonfinite:
+            raise Diverged(self.divergence(f"non-finite training loss by step {self.step}"))
+        return mean
+
+    def divergence(self, what: str) -> str:
+        if self.last_finite is not None:
+            last = f"last finite training loss {self.last_finite[1]:.4f} at step "
+            last += str(self.last_finite[0])
+        elif self.eval_steps:
+            last = f"last finite eval loss {self.eval_losses[-1]:.4f} at step {self.eval_steps[-1]}"
+        else:
+            last = "no finite loss yet"
+        return (
+            f"{what} ({last}); lower --lr or set --grad-clip, or pass --allow-nonfinite to "
+            "keep training"
+        )
 
     def take_train_loss(self, world_size: int) -> Optional[float]:
         """Mean step loss over all ranks since the last call (None if no step); resets the sums."""
@@ -307,16 +352,12 @@ def run_eval(
     train_loss = state.take_train_loss(runtime.world_size)
     state.sync_exposures(runtime.world_size)
     eval_loss = results["eval"]["loss"]
-    if not math.isfinite(eval_loss) or (train_loss is not None and not math.isfinite(train_loss)):
+    finite = math.isfinite(eval_loss) and (train_loss is None or math.isfinite(train_loss))
+    if not finite and not config.allow_nonfinite:
         # Diverged: every later step and metric would be NaN, and the phases undefined.
-        last = (
-            f"last finite eval loss {state.eval_losses[-1]:.3f} at step {state.eval_steps[-1]}"
-            if state.eval_steps
-            else "no finite eval loss yet"
-        )
-        raise ValueError(
-            f"non-finite loss at step {state.step} ({last}); lower --lr or set --grad-clip"
-        )
+        raise Diverged(state.divergence(f"non-finite loss at the evaluation of step {state.step}"))
+    if train_loss is not None and math.isfinite(train_loss):
+        state.last_finite = (state.step, train_loss)
     state.record_eval(state.step, eval_loss, results["eval"]["acc"])
     levels = {"no_knowledge/level": state.level, "no_knowledge/value_table_entropy": floor}
     if twin is not None:
@@ -362,9 +403,12 @@ def publish(
     if not runtime.is_main:
         return
     with (out / METRICS).open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json_line(record))
     if len(records) % PLOT_EVERY_EVALS == 0 or record["step"] == config.steps:
         plot_curves(records, out / "curves.png", twin=twin, control=config.control)
+    if "nonfinite" in record:
+        log(f"step {record['step']:>6} | non-finite: {', '.join(record['nonfinite'])}")
+        return
     tokens_per_s, mfu = record["perf/tokens_per_s"], record["perf/mfu"]
     speed = f" | {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
     speed += f" | MFU {mfu:.1%}" if mfu is not None else ""
@@ -411,15 +455,28 @@ def save_run(
 
 
 def restore_run(ckpt: dict[str, Any], states: dict[str, Stateful], device: torch.device) -> None:
+    """Load each entry back; a missing entry or one of the wrong shape is a CheckpointError
+    naming it (torch's own messages run to dozens of lines)."""
+    for name in (*states, "rng"):
+        if name not in ckpt:
+            raise CheckpointError(f"the checkpoint has no {name!r} entry")
     for name, s in states.items():
-        s.load_state_dict(ckpt[name])
-    set_rng_state(ckpt["rng"], device)
+        try:
+            s.load_state_dict(ckpt[name])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(
+                f"checkpoint entry {name!r} does not load: {first_line(e)}"
+            ) from None
+    try:
+        set_rng_state(ckpt["rng"], device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint entry 'rng' does not load: {first_line(e)}") from None
 
 
 def truncate_metrics(path: Path, last_step: int) -> list[dict[str, Any]]:
     """Drop records a killed run wrote after its last checkpoint; they will be recomputed."""
     records = [r for r in read_metrics(path) if r["step"] <= last_step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(path, "".join(json_line(r) for r in records))
     return records
 
 
@@ -506,14 +563,40 @@ def train(
     t_start = time.perf_counter()
     runtime = setup_runtime(config)
     try:
-        return _train(config, runtime, t_start, on_eval, on_step, attention_source)
+        out = Path(config.out or default_out(config))
+        with claim_out_dir(out, runtime):
+            return _train(config, out, runtime, t_start, on_eval, on_step, attention_source)
     finally:
         if runtime.owns_process_group:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def claim_out_dir(out: Path, runtime: Runtime) -> Iterator[None]:
+    """Create --out and hold its lock for the run (rank 0 only: the other ranks of a torchrun
+    job write nothing there). Done before the world and the model are built, so a directory
+    that cannot be used fails in a second, not after minutes of set-up."""
+    if not runtime.is_main:
+        yield
+        return
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "--out exists and is not a directory", str(out))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with DirectoryLock(out, "kadyn-train"):
+            yield
+    except BaseException:
+        if created:  # a run refused before it wrote anything leaves no empty directory behind
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
 def _train(
     config: TrainConfig,
+    out: Path,
     runtime: Runtime,
     t_start: float,
     on_eval: Optional[EvalCallback],
@@ -521,11 +604,17 @@ def _train(
     attention_source: Optional[AttentionSource],
 ) -> dict[str, Any]:
     device = runtime.device
-    out = Path(config.out or default_out(config))
     metrics_path = out / METRICS
-    if not config.resume and metrics_path.exists():
-        raise ValueError(f"--out {out} already holds a run; pass --resume or choose another --out")
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if runtime.is_main else (lambda msg: None)
+    resume = config.resume and checkpoint_path(out).exists()
+    if config.resume and not resume:
+        # Killed (or out of disk) before its first checkpoint: nothing to continue, so start as a
+        # fresh run would, instead of a dead end between "no checkpoint" and "pass --resume".
+        log(f"--resume: {out} holds no checkpoint yet; starting from step 0")
+        if runtime.is_main:
+            metrics_path.unlink(missing_ok=True)
+    elif not config.resume and metrics_path.exists():
+        raise ValueError(f"--out {out} already holds a run; pass --resume or choose another --out")
     twin = load_twin(config.twin, config) if config.twin else None
 
     # --- world and data ---
@@ -580,7 +669,7 @@ def _train(
     }
 
     # --- where to start: fresh, resumed, or from another run's weights ---
-    if config.resume:
+    if resume:
         try:
             ckpt = load_checkpoint(checkpoint_path(out), map_location=device)
         except CheckpointError as e:
@@ -610,8 +699,7 @@ def _train(
             f"(step {ckpt.get('train_state', ckpt).get('step')})"
         )
     if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(to_toml(dataclasses.replace(config, resume=False)))
+        atomic_write_text(out / "config.toml", to_toml(dataclasses.replace(config, resume=False)))
 
     n_params, n_body = model.num_parameters(), model.num_parameters(embeddings=False)
     log(
@@ -637,7 +725,7 @@ def _train(
     peak = config.peak_tflops * 1e12 * runtime.world_size if device.type == "cuda" else 0.0
     tokens_per_step = config.batch_size * config.seq_len
     # Every rank keeps the (identical, all-reduced) records; only rank 0 writes them.
-    records = read_metrics(metrics_path) if config.resume and runtime.is_main else []
+    records = read_metrics(metrics_path) if resume and runtime.is_main else []
     eval_args = (raw_model, probes, world, config, runtime, attention_source, twin, floor)
 
     checkpoint_every = config.checkpoint_every or config.eval_every
@@ -684,10 +772,11 @@ def _train(
         step = state.step
         if on_step is not None:
             on_step(step, batch, raw_model)
-        if step % 10 == 0 or step == config.steps:
+        if step % config.log_every == 0 or step == config.steps:
+            window_loss = state.check_train_loss(config.allow_nonfinite)
             seconds = max(train_seconds + time.perf_counter() - t0, 1e-9)
             bar.set_postfix(
-                loss=f"{loss.item():.3f}",
+                loss=f"{window_loss:.3f}",
                 phase=records[-1]["phase"] if records else 1,  # phases change only at evals
                 tok_s=f"{steps_timed * tokens_per_step / seconds:,.0f}",
             )
@@ -729,8 +818,9 @@ def _train(
         "parameters_without_embeddings": n_body,
     }
     if runtime.is_main and final is not None:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-        log(summary_line(summary))
+        atomic_write_text(out / "summary.json", json_line(summary, indent=1))
+        if "nonfinite" not in final:
+            log(summary_line(summary))
     return summary
 
 
@@ -759,13 +849,31 @@ def phase_summary(state: TrainState, config: TrainConfig, twin: Optional[Twin]) 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The console script: one line on stderr and a distinct exit code per kind of failure."""
+
+    def fail(message: str, code: int) -> int:
+        print(f"kadyn-train: error: {message}", file=sys.stderr)
+        return code
+
     try:
         config, _ = parse_args(argv)
         config.validate()
         train(config)
     except (ValueError, CheckpointError) as e:
-        print(f"kadyn-train: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e), EXIT_USAGE)
+    except DirectoryInUse as e:
+        return fail(str(e), EXIT_IN_USE)
+    except Diverged as e:
+        return fail(str(e), EXIT_DIVERGED)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        return fail(f"cannot write{where}: {e.strerror or e}", EXIT_ENVIRONMENT)
+    except KeyboardInterrupt:
+        return fail(
+            "interrupted; rerun the same command with --resume to continue from the last "
+            "checkpoint",
+            EXIT_INTERRUPTED,
+        )
     return 0
 
 
