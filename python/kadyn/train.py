@@ -191,6 +191,15 @@ class TrainState:
         self.loss_count = 0
         return (totals[0] / totals[1]).item() if totals[1] > 0 else None
 
+    def finite_history(self) -> tuple[list[int], list[float], list[float]]:
+        """(steps, losses, accuracies) of the evaluations before the first non-finite loss: what
+        the phases are read from (a run kept going with --allow-nonfinite has no phases after)."""
+        n = next(
+            (i for i, x in enumerate(self.eval_losses) if not math.isfinite(x)),
+            len(self.eval_losses),
+        )
+        return self.eval_steps[:n], self.eval_losses[:n], self.eval_accs[:n]
+
     def record_eval(self, step: int, loss: float, acc: float) -> None:
         self.eval_steps.append(step)
         self.eval_losses.append(loss)
@@ -241,14 +250,15 @@ def current_phases(state: TrainState, config: TrainConfig, twin: Optional[Twin])
     """Phases of the eval-probe history so far (the one call of the detector): the plateau is
     entered at F's band; knowledge starts below F's band, or with a twin, below the twin's curve
     by more than its seed-to-seed range (+-band of it with a single twin seed)."""
+    steps, losses, accs = state.finite_history()
     onset_level = onset_half_width = None
     if twin is not None:
-        onset_level, onset_half_width = twin.at(state.eval_steps)
+        onset_level, onset_half_width = twin.at(steps)
     return detect_phases(
-        state.eval_steps,
-        state.eval_losses,
+        steps,
+        losses,
         state.level,
-        state.eval_accs,
+        accs,
         band=config.plateau_band,
         min_evals=config.plateau_min_evals,
         onset_level=onset_level,
@@ -828,11 +838,12 @@ def phase_summary(state: TrainState, config: TrainConfig, twin: Optional[Twin]) 
     """The detected phases, and the plateau length at 5/10/20% bands around F (the detector's
     sensitivity to its band, read without the twin)."""
     phases = current_phases(state, config, twin)
+    steps, losses, accs = state.finite_history()
     sensitivity = band_sensitivity(
-        state.eval_steps,
-        state.eval_losses,
+        steps,
+        losses,
         state.level,
-        state.eval_accs,
+        accs,
         min_evals=config.plateau_min_evals,
     )
     return {
