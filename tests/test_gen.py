@@ -3,13 +3,16 @@ equal to the stream's, and `kadyn.load_dataset`."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +26,27 @@ from kadyn.gen import main as gen
 
 
 def files(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    """Every file of a dataset directory (the run's lock file is not part of the dataset)."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name != LOCK}
+
+
+LOCK = ".kadyn.lock"
+
+# kadyn-gen in a child process without `import kadyn` (whose torch import costs seconds a start):
+# the native module is loaded by file from the package's folder and only its gen_main is called.
+_LAUNCH = textwrap.dedent(
+    """
+    import glob, importlib.machinery, importlib.util, os, sys
+    folder = importlib.util.find_spec("kadyn").submodule_search_locations[0]
+    path = sorted(glob.glob(os.path.join(folder, "_native*.so")))[0]
+    loader = importlib.machinery.ExtensionFileLoader("kadyn._native", path)
+    native = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(native)
+    sys.exit(native.gen_main(sys.argv[1:]))
+    """
+)
+GEN = [sys.executable, "-c", _LAUNCH]
+EXIT_BUSY = 75  # kadyn-gen's exit status when --out is locked by another process
 
 
 SMALL = (
@@ -105,7 +128,7 @@ def test_a_directory_with_another_config_is_refused(
     capfd.readouterr()
     assert gen([*SMALL, "--out", out, "--seed", "4"]) != 0
     err = capfd.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: --out ")
+    assert err.count("\n") == 0 and err.startswith("kadyn-gen: error: --out ")
     assert "different config" in err and "options.seed" in err
     assert files(Path(out)) == before
 
@@ -129,7 +152,7 @@ def test_bad_options_exit_nonzero_with_one_line_naming_the_option(
     assert gen(argv) != 0
     err = capfd.readouterr().err.strip()
     assert err.count("\n") == 0, err
-    assert err.startswith("error:") and option in err, err
+    assert err.startswith("kadyn-gen: error:") and option in err, err
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 
@@ -138,7 +161,7 @@ def test_unwritable_out_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture[
     blocker.write_text("not a directory")
     assert gen(["--samples", "10", "--out", str(blocker / "sub")]) != 0
     err = capfd.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: --out "), err
+    assert err.count("\n") == 0 and err.startswith("kadyn-gen: error: --out "), err
 
 
 @pytest.mark.parametrize("pack", [False, True])
@@ -239,3 +262,210 @@ def test_load_dataset_refuses_missing_partial_or_corrupt(tmp_path: Path) -> None
     shard.write_bytes(bytes(data[:-10]))
     with pytest.raises(ValueError, match="bytes"):
         kadyn.load_dataset(out, verify=False)
+
+
+def test_a_locked_out_directory_is_refused_until_released(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    out.mkdir()
+    argv = [*GEN, *SMALL, "--out", str(out)]
+    # Held as the trainer holds its own (kadyn.runlock): flock, then one line naming the holder.
+    with open(out / LOCK, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write(f"pid={os.getpid()} host=box since=0 command=kadyn-train\n")
+        held.flush()
+        child = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert child.returncode == EXIT_BUSY, child.stderr
+        assert child.stderr == (
+            f"kadyn-gen: error: --out {out} is in use by another process (pid {os.getpid()} "
+            "on box, kadyn-train); wait for it to finish or choose another --out\n"
+        )
+        assert files(out) == {}
+    child = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    assert (out / "manifest.json").is_file()
+    holder = (out / LOCK).read_text()
+    assert holder.startswith("pid=") and holder.endswith(" command=kadyn-gen\n"), holder
+
+
+def test_alpha_is_power_law_sampling_and_conflicts_with_sampling(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--individuals", "200", "--samples", "300", "--quiet"]
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert gen([*base, "--alpha", "0.7", "--out", str(a)]) == 0
+    assert gen([*base, "--sampling", "power:0.7", "--out", str(b)]) == 0
+    assert files(a) == files(b)
+    # Both, saying the same thing, are one meaning.
+    assert gen([*base, "--alpha", "0.7", "--sampling", "power:0.7", "--out", str(b)]) == 0
+    capfd.readouterr()
+    for sampling in ("uniform", "power:0.5", "subset:20@100,power:0.7"):
+        assert gen([*base, "--sampling", sampling, "--alpha", "0.7", "--out", str(c)]) == 2
+        err = capfd.readouterr().err
+        assert err == (
+            "kadyn-gen: error: --alpha 0.7 means --sampling power:0.7, which conflicts with "
+            f"--sampling {sampling}; give one of them\n"
+        )
+    assert gen([*base, "--alpha", "-0.5", "--out", str(c)]) == 2
+    err = capfd.readouterr().err
+    assert err == "kadyn-gen: error: --alpha must be >= 0 and finite, got -0.5\n"
+    assert not c.exists()
+
+
+def _flip_inside_pages(shard: Path, group: int) -> None:
+    """Changes one byte in the middle of row group `group`'s input_ids pages (not the footer)."""
+    column = pq.ParquetFile(shard).metadata.row_group(group).column(0)
+    assert column.path_in_schema.startswith("input_ids")
+    data = bytearray(shard.read_bytes())
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+
+
+def test_a_corrupt_row_group_raises_even_without_verify(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    assert gen([*SMALL, "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and "row_group_hash" in manifest
+    # Shard 1 holds rows 1000..1999 in groups of 256: group 2 is rows 1512..1767.
+    assert [g["rows"] for g in manifest["shards"][1]["row_groups"]] == [256, 256, 256, 232]
+    shard = out / "shard-00001.parquet"
+    _flip_inside_pages(shard, 2)
+    ds = kadyn.load_dataset(out, verify=False)
+    assert int(ds[1511]["sample_index"]) == 1511  # the group before is intact
+    with pytest.raises(
+        ValueError, match=r"shard-00001\.parquet: row group 2 \(rows 1512\.\.1767\)"
+    ):
+        ds[1600]
+    with pytest.raises(ValueError, match="row group 2 .* differs from its sha256"):
+        list(ds.iter_batches())
+    with pytest.raises(ValueError, match="sha256 differs"):
+        kadyn.load_dataset(out)  # verify=True still hashes whole files up front
+    # kadyn-gen finds it, rewrites it, and the rows read back.
+    assert gen([*SMALL, "--out", str(out)]) == 0
+    assert int(kadyn.load_dataset(out, verify=False)[1600]["sample_index"]) == 1600
+
+
+def _drop(key: str) -> Callable[[Any], Any]:
+    return lambda m: {k: v for k, v in m.items() if k != key}
+
+
+def _setting(path: list[Any], value: Any) -> Callable[[Any], Any]:
+    def damage(m: Any) -> Any:
+        target = m
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        return m
+
+    return damage
+
+
+# (damage, what load_dataset's ValueError says, whether kadyn-gen refuses to resume over it: it
+# checks the manifest's form; sums across fields are the reader's business).
+MANIFEST_DAMAGE: dict[str, tuple[Callable[[Any], Any], str, bool]] = {
+    "not json": (lambda m: "{not json", "not valid JSON", True),
+    "not an object": (lambda m: [m], "top level must be an object", True),
+    "no total_rows": (_drop("total_rows"), "missing field total_rows", True),
+    "no shards": (_drop("shards"), "missing field shards", True),
+    "rows a string": (
+        _setting(["shards", 1, "rows"], "many"),
+        r"field shards\[1\]\.rows must be an integer >= 0, got 'many'",
+        True,
+    ),
+    "shards an object": (_setting(["shards"], {}), "field shards must be a list", True),
+    "seq_len null": (
+        _setting(["config", "options", "seq_len"], None),
+        "field config.options.seq_len must be an integer",
+        True,
+    ),
+    "hash a number": (
+        _setting(["shards", 0, "row_groups", 1, "sha256"], 5),
+        r"field shards\[0\]\.row_groups\[1\]\.sha256 must be a string",
+        True,
+    ),
+    "negative bytes": (
+        _setting(["vocab", "bytes"], -1),
+        "field vocab.bytes must be an integer >= 0",
+        True,
+    ),
+    "row groups empty": (
+        _setting(["shards", 2, "row_groups"], []),
+        r"field shards\[2\]\.row_groups holds 0 rows",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_DAMAGE))
+def test_a_malformed_manifest_names_the_field(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], case: str
+) -> None:
+    damage, match, gen_refuses = MANIFEST_DAMAGE[case]
+    out = tmp_path / "d"
+    assert gen([*SMALL, "--out", str(out)]) == 0
+    path = out / "manifest.json"
+    damaged = damage(json.loads(path.read_text()))
+    path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    with pytest.raises(ValueError, match=match) as raised:
+        kadyn.load_dataset(out, verify=False)
+    assert str(raised.value).startswith(f"{path}: ")
+    if not gen_refuses:
+        return
+    # kadyn-gen, resuming into it, refuses in one line and leaves it for a human to look at.
+    before = path.read_bytes()
+    capfd.readouterr()
+    assert gen([*SMALL, "--out", str(out)]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"kadyn-gen: error: --out {out}: manifest.json is malformed ("), err
+    assert path.read_bytes() == before
+
+
+def test_rewritten_files_are_named_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    ref, out = tmp_path / "ref", tmp_path / "d"
+    assert gen([*SMALL, "--out", str(ref)]) == 0
+    assert gen([*SMALL, "--out", str(out)]) == 0
+    _flip_inside_pages(out / "shard-00001.parquet", 0)
+    (out / "shard-00002.parquet").write_bytes((out / "shard-00002.parquet").read_bytes()[:-7])
+    loud = [a for a in SMALL if a != "--quiet"]
+    capfd.readouterr()
+    assert gen([*loud, "--out", str(out)]) == 0
+    lines = capfd.readouterr().err.splitlines()
+    assert (
+        "kadyn-gen: shard-00001.parquet: corrupt (sha256 differs from its record); rewriting it"
+        in lines
+    ), lines
+    assert any(
+        line.startswith("kadyn-gen: shard-00002.parquet: corrupt (")
+        and line.endswith("; rewriting it")
+        for line in lines
+    ), lines
+    assert not any("shard-00000.parquet: " in line for line in lines), lines
+    assert files(out) == files(ref)
+    # --quiet stays quiet.
+    _flip_inside_pages(out / "shard-00000.parquet", 1)
+    assert gen([*SMALL, "--out", str(out)]) == 0
+    assert capfd.readouterr().err == ""
+    assert files(out) == files(ref)
+
+
+def test_a_version_1_manifest_is_read_with_whole_file_checks(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    assert gen([*SMALL, "--out", str(out)]) == 0
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 1
+    del manifest["row_group_hash"]
+    for shard in manifest["shards"]:
+        del shard["row_groups"]
+    path.write_text(json.dumps(manifest))
+    assert int(kadyn.load_dataset(out, verify=False)[1600]["sample_index"]) == 1600
+    # No row-group hashes to check reads against: the shards are hashed whole, even so.
+    _flip_inside_pages(out / "shard-00001.parquet", 2)
+    with pytest.raises(ValueError, match=r"shard-00001\.parquet: sha256 differs"):
+        kadyn.load_dataset(out, verify=False)
+    # kadyn-gen upgrades the directory: the damaged shard rewritten, the manifest at version 2.
+    assert gen([*SMALL, "--out", str(out)]) == 0
+    assert json.loads(path.read_text())["format_version"] == 2

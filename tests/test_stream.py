@@ -207,3 +207,128 @@ def test_populations_are_disjoint(world: kadyn.World) -> None:
     assert not names["heldout"] & names["new"]
     stream = kadyn.BiographyStream(world, batch_size=50, population="new")
     assert max(take(stream, 1)[0].column("individual").to_pylist()) < 10
+
+
+def resumable_state(world: kadyn.World, **kw: object) -> dict[str, object]:
+    stream = kadyn.BiographyStream(world, batch_size=4, threads=1, **kw)  # type: ignore[arg-type]
+    take(stream, 1)
+    return stream.state_dict()
+
+
+@pytest.mark.parametrize("state", [None, "state", 3, [("position", 0)]])
+def test_load_state_dict_refuses_what_is_not_a_state(world: kadyn.World, state: object) -> None:
+    with pytest.raises(TypeError, match="state must be a dict"):
+        kadyn.BiographyStream(world).load_state_dict(state)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "position, error",
+    [
+        (True, TypeError),  # a bool is an int to Python, not a row count
+        (1.0, TypeError),
+        ("4", TypeError),
+        (None, TypeError),
+        (-1, ValueError),
+        (2**63, ValueError),  # beyond the native stream's i64
+    ],
+)
+def test_load_state_dict_refuses_a_bad_position(
+    world: kadyn.World, position: object, error: type[Exception]
+) -> None:
+    stream = kadyn.BiographyStream(world, batch_size=4)
+    state = {**stream.state_dict(), "position": position}
+    with pytest.raises(error, match="position"):
+        stream.load_state_dict(state)
+    assert stream.position == 0, "a refused state leaves the stream as it was"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(n_individuals=300, seed=2, heldout=20, new=10),  # another seed
+        dict(n_individuals=301, seed=1, heldout=20, new=10),  # another size
+        dict(n_individuals=300, seed=1, heldout=20, new=10, n_cities=799),  # another pool
+    ],
+)
+def test_state_of_a_stream_over_another_world_is_refused(
+    world: kadyn.World, other: dict[str, int]
+) -> None:
+    state = resumable_state(kadyn.World(**other))
+    with pytest.raises(ValueError, match="state world is"):
+        kadyn.BiographyStream(world, batch_size=4).load_state_dict(state)
+
+
+def test_state_resumes_over_an_equal_world_built_again(world: kadyn.World) -> None:
+    twin = kadyn.World(n_individuals=300, seed=1, heldout=20, new=10)
+    assert kadyn.stream.world_identity(twin) == kadyn.stream.world_identity(world)
+    state = resumable_state(twin, seed=3)
+    resumed = kadyn.BiographyStream(world, batch_size=4, seed=3)
+    resumed.load_state_dict(state)
+    assert resumed.position == 4
+
+
+@pytest.mark.parametrize(
+    "saved, mine",
+    [
+        (kadyn.PowerLaw(0.5), kadyn.PowerLaw(0.7)),
+        (kadyn.PowerLaw(0.5), kadyn.PowerLaw(0.5000000000000001)),  # the repr is exact
+        (kadyn.Subset(10), kadyn.Subset(11)),
+        (kadyn.Uniform(), kadyn.Subset(300)),
+        (
+            kadyn.Curriculum([(kadyn.Subset(10), 100), (kadyn.Uniform(), None)]),
+            kadyn.Curriculum([(kadyn.Subset(10), 101), (kadyn.Uniform(), None)]),
+        ),
+    ],
+)
+def test_state_of_another_sampling_is_refused(
+    world: kadyn.World, saved: object, mine: object
+) -> None:
+    state = resumable_state(world, sampling=saved)
+    with pytest.raises(ValueError, match="state sampling is"):
+        kadyn.BiographyStream(world, sampling=mine).load_state_dict(state)  # type: ignore[arg-type]
+    kadyn.BiographyStream(world, sampling=saved).load_state_dict(state)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("seed", 4, ValueError),
+        ("seed", True, TypeError),  # True == 1, but not a seed
+        ("seq_len", float(100), TypeError),
+        ("split", "eval", ValueError),
+        ("world", None, TypeError),
+        ("sampling", repr(kadyn.PowerLaw(1.0)), ValueError),
+    ],
+)
+def test_state_field_mismatch_names_the_field(
+    world: kadyn.World, field: str, value: object, error: type[Exception]
+) -> None:
+    stream = kadyn.BiographyStream(world, seed=1, seq_len=100)
+    with pytest.raises(error, match=f"state {field}"):
+        stream.load_state_dict({**stream.state_dict(), field: value})
+
+
+def test_state_of_another_version_or_shape_is_refused(world: kadyn.World) -> None:
+    stream = kadyn.BiographyStream(world, batch_size=4)
+    state = stream.state_dict()
+    assert state["version"] == kadyn.stream.STATE_VERSION == 2
+    old = {k: v for k, v in state.items() if k != "world"} | {"version": 1}
+    with pytest.raises(ValueError, match="version must be 2, got 1"):
+        stream.load_state_dict(old)
+    with pytest.raises(ValueError, match="version must be 2, got True"):
+        stream.load_state_dict({**state, "version": True})
+    with pytest.raises(ValueError, match="unknown fields"):
+        stream.load_state_dict({**state, "batch_size": 4})
+    with pytest.raises(ValueError, match=r"lacks the fields \['world'\]"):
+        stream.load_state_dict({k: v for k, v in state.items() if k != "world"})
+    with pytest.raises(ValueError, match="version"):
+        stream.load_state_dict({"main": state})  # a TrainBatches state is not a stream state
+
+
+def test_state_survives_a_weights_only_torch_round_trip(world: kadyn.World, tmp_path) -> None:
+    stream = kadyn.BiographyStream(world, batch_size=4, sampling=kadyn.PowerLaw(0.7), seed=2)
+    take(stream, 2)
+    torch.save(stream.state_dict(), tmp_path / "state.pt")
+    resumed = kadyn.BiographyStream(world, batch_size=4, sampling=kadyn.PowerLaw(0.7), seed=2)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed.position == 8

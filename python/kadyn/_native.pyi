@@ -6,6 +6,7 @@ import pyarrow as pa
 from typing_extensions import disjoint_base
 
 __all__ = [
+    "MAX_SEQ_LEN",
     "BatchStream",
     "Curriculum",
     "PowerLaw",
@@ -15,9 +16,12 @@ __all__ = [
     "__version__",
     "build_rows",
     "gen_main",
+    "memory_limit",
 ]
 
 __version__: str
+# The longest row (tokens) kadyn builds: streams, probe sets and kadyn-gen datasets refuse more.
+MAX_SEQ_LEN: int
 
 @final
 class Uniform:
@@ -147,3 +151,4 @@ def build_rows(
     facts: str = "real",
 ) -> pa.RecordBatch: ...
 def gen_main(argv: list[str]) -> int: ...
+def memory_limit() -> int: ...

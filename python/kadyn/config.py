@@ -22,10 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
-try:  # TEMP-MAXSEQ
-    from kadyn._native import MAX_SEQ_LEN
-except ImportError:  # TEMP-MAXSEQ
-    MAX_SEQ_LEN = 1 << 20  # TEMP-MAXSEQ
+from kadyn._native import MAX_SEQ_LEN
 
 SAMPLINGS = ("uniform", "power", "curriculum")
 POPULATIONS = ("train", "new")

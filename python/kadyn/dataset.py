@@ -4,6 +4,13 @@ The manifest is the contract: a directory without one is a generation that did n
 each shard must have the size, row count and (with `verify=True`) sha256 the manifest records.
 Rows are read with pyarrow one row group at a time; the last decoded row group is cached, so
 sequential access (or a sampler that walks row groups) decodes each group once.
+
+Integrity without hashing whole files: the Parquet writer keeps no page checksums, so a flipped
+byte in a data page would decode to wrong token ids. Format version 2 manifests record a sha256 per
+row group (over its column chunks as stored, the manifest's `row_group_hash`), and each row group
+is checked against it the first time this process reads it, whatever `verify` says; the cost is
+one hash of the group's compressed bytes, a fraction of decoding them. Version 1 manifests have no
+such hashes, so their shards are always verified whole on opening.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, BinaryIO, Iterator, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +32,8 @@ from kadyn.interop import to_torch
 MANIFEST = "manifest.json"
 CONFIG = ".kadyn-gen-config.json"
 FORMAT = "kadyn-dataset"
-FORMAT_VERSION = 1
+# 2: shards list their row groups with a sha256 each (see the module docstring); 1 is still read.
+FORMAT_VERSION = 2
 
 Row = dict[str, torch.Tensor]
 
@@ -53,8 +61,52 @@ def _check_file(directory: Path, record: dict[str, Any], verify: bool) -> Path:
     return path
 
 
+# The manifest fields this reader relies on, as JSON types: a dict is an object with (at least)
+# those keys, a one-item list a list of such items, `int` an integer >= 0. Checked before use so
+# that a damaged manifest is a ValueError naming the field, not a KeyError deep inside.
+_FILE_SHAPE: dict[str, Any] = {"file": str, "rows": int, "bytes": int, "sha256": str}
+_ROW_GROUPS_SHAPE = [{"rows": int, "sha256": str}]
+_SHARD_SHAPE: dict[str, Any] = {**_FILE_SHAPE, "first_row": int}
+_MANIFEST_SHAPE: dict[str, Any] = {
+    "format": str,
+    "format_version": int,
+    "config": {"options": {"seq_len": int}},
+    "vocab": {"file": str, "bytes": int, "sha256": str},
+    "world_table": _FILE_SHAPE,
+    "shards": [_SHARD_SHAPE],
+    "total_rows": int,
+}
+
+
+def _check_shape(path: Path, value: Any, shape: Any, field: str) -> None:
+    def wrong(expected: str) -> ValueError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        return ValueError(f"{path}: field {field} must be {expected}, got {shown}")
+
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            raise wrong("an object")
+        for key, sub in shape.items():
+            name = f"{field}.{key}" if field else key
+            if key not in value:
+                raise ValueError(f"{path}: missing field {name}")
+            _check_shape(path, value[key], sub, name)
+    elif isinstance(shape, list):
+        if not isinstance(value, list):
+            raise wrong("a list")
+        for i, item in enumerate(value):
+            _check_shape(path, item, shape[0], f"{field}[{i}]")
+    elif shape is int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise wrong("an integer >= 0")
+    elif shape is str and not isinstance(value, str):
+        raise wrong("a string")
+
+
 def read_manifest(directory: Union[str, os.PathLike[str]]) -> dict[str, Any]:
-    """The manifest of a complete dataset, with a clear error for a missing or partial one."""
+    """The manifest of a complete dataset, with a clear error for a missing, partial or malformed
+    one (a ValueError naming the field)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no dataset directory {str(directory)!r}")
@@ -66,18 +118,60 @@ def read_manifest(directory: Union[str, os.PathLike[str]]) -> dict[str, Any]:
                 "finish); rerun the same kadyn-gen command to complete it"
             )
         raise FileNotFoundError(f"{directory} holds no kadyn-gen dataset (no {MANIFEST})")
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the manifest is damaged") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: the top level must be an object, got {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if (
+        manifest.get("format") != FORMAT
+        or type(version) is not int  # a bool is an int, but not a version
+        or not 1 <= version <= FORMAT_VERSION
+    ):
         raise ValueError(
-            f"{path}: format must be {FORMAT!r} version {FORMAT_VERSION}, got "
-            f"{manifest.get('format')!r} version {manifest.get('format_version')!r}"
+            f"{path}: format must be {FORMAT!r} version 1..{FORMAT_VERSION}, got "
+            f"{manifest.get('format')!r} version {version!r}"
         )
+    _check_shape(path, manifest, _MANIFEST_SHAPE, "")
+    for i, shard in enumerate(manifest["shards"]):
+        if version >= 2 or "row_groups" in shard:
+            if "row_groups" not in shard:
+                raise ValueError(f"{path}: missing field shards[{i}].row_groups")
+            _check_shape(path, shard["row_groups"], _ROW_GROUPS_SHAPE, f"shards[{i}].row_groups")
+            grouped = sum(g["rows"] for g in shard["row_groups"])
+            if grouped != shard["rows"]:
+                raise ValueError(
+                    f"{path}: field shards[{i}].row_groups holds {grouped} rows, but "
+                    f"shards[{i}].rows is {shard['rows']}"
+                )
     rows = sum(s["rows"] for s in manifest["shards"])
     if rows != manifest["total_rows"]:
         raise ValueError(
             f"{path}: shards hold {rows} rows but total_rows is {manifest['total_rows']}"
         )
+    at = 0
+    for i, shard in enumerate(manifest["shards"]):
+        if shard["first_row"] != at:
+            raise ValueError(
+                f"{path}: field shards[{i}].first_row must be {at}, got {shard['first_row']}"
+            )
+        at += shard["rows"]
     return manifest
+
+
+def _row_group_sha256(f: BinaryIO, group: pq.RowGroupMetaData) -> str:
+    """sha256 over a row group's column chunks as stored (the manifest's `row_group_hash`)."""
+    h = hashlib.sha256()
+    for c in range(group.num_columns):
+        column = group.column(c)
+        start = (
+            column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+        )
+        f.seek(start)
+        h.update(f.read(column.total_compressed_size))
+    return h.hexdigest()
 
 
 class KadynDataset(Dataset):
@@ -91,7 +185,12 @@ class KadynDataset(Dataset):
     def __init__(self, directory: Union[str, os.PathLike[str]], verify: bool = True) -> None:
         self.directory = Path(directory)
         self.manifest = read_manifest(self.directory)
-        self.shard_paths = [_check_file(self.directory, s, verify) for s in self.manifest["shards"]]
+        # Without per-row-group hashes (format version 1) only the whole-file sha256 guards rows.
+        self._group_hashes = all("row_groups" in s for s in self.manifest["shards"])
+        self.shard_paths = [
+            _check_file(self.directory, s, verify or not self._group_hashes)
+            for s in self.manifest["shards"]
+        ]
         self.vocab_path = _check_file(self.directory, self.manifest["vocab"], verify)
         self.world_path = _check_file(self.directory, self.manifest["world_table"], verify)
         options = self.manifest["config"]["options"]
@@ -100,6 +199,8 @@ class KadynDataset(Dataset):
         self._shard_starts = [s["first_row"] for s in self.manifest["shards"]]
         self._files: dict[int, tuple[pq.ParquetFile, list[int]]] = {}
         self._cached: Optional[tuple[tuple[int, int], Row]] = None
+        # Row groups whose sha256 this process has checked.
+        self._checked: set[tuple[int, int]] = set()
 
     def __len__(self) -> int:
         return int(self.manifest["total_rows"])
@@ -122,15 +223,47 @@ class KadynDataset(Dataset):
 
     def _file(self, shard: int) -> tuple[pq.ParquetFile, list[int]]:
         if shard not in self._files:
-            f = pq.ParquetFile(self.shard_paths[shard])
-            starts, at = [], 0
-            for g in range(f.metadata.num_row_groups):
-                starts.append(at)
-                at += f.metadata.row_group(g).num_rows
-            if at != self.manifest["shards"][shard]["rows"]:
-                raise ValueError(f"{self.shard_paths[shard]}: {at} rows, manifest says otherwise")
+            path = self.shard_paths[shard]
+            try:
+                f = pq.ParquetFile(path)
+            except (OSError, pa.ArrowException) as e:
+                raise ValueError(
+                    f"{path}: unreadable Parquet footer ({e}); the file is corrupt: rerun the "
+                    "kadyn-gen command in its manifest to rewrite it"
+                ) from None
+            rows = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+            record = self.manifest["shards"][shard]
+            if "row_groups" in record:
+                expected: Any = [g["rows"] for g in record["row_groups"]]
+                found: Any = rows
+            else:
+                expected, found = record["rows"], sum(rows)
+            if found != expected:
+                raise ValueError(
+                    f"{path}: row groups of {found} rows, but {MANIFEST} records {expected}; the "
+                    "file is corrupt: rerun the kadyn-gen command in its manifest to rewrite it"
+                )
+            starts = [sum(rows[:g]) for g in range(len(rows))]
             self._files[shard] = (f, starts)
         return self._files[shard]
+
+    def _check_group(self, shard: int, group: int) -> None:
+        """Compares row group `group` of `shard` with its sha256 in the manifest (once)."""
+        if not self._group_hashes or (shard, group) in self._checked:
+            return
+        f, starts = self._file(shard)
+        path = self.shard_paths[shard]
+        with open(path, "rb") as raw:
+            got = _row_group_sha256(raw, f.metadata.row_group(group))
+        if got != self.manifest["shards"][shard]["row_groups"][group]["sha256"]:
+            first = self._shard_starts[shard] + starts[group]
+            rows = f.metadata.row_group(group).num_rows
+            raise ValueError(
+                f"{path}: row group {group} (rows {first}..{first + rows - 1}) differs from its "
+                f"sha256 in {MANIFEST}; the file is corrupt: rerun the kadyn-gen command in its "
+                "manifest to rewrite it"
+            )
+        self._checked.add((shard, group))
 
     def _locate(self, index: int) -> tuple[int, int, int]:
         """(shard, row group, row within the group) of a global row."""
@@ -148,7 +281,14 @@ class KadynDataset(Dataset):
     def _group(self, shard: int, group: int) -> Row:
         if self._cached is None or self._cached[0] != (shard, group):
             f, _ = self._file(shard)
-            batch = f.read_row_group(group).combine_chunks().to_batches()[0]
+            self._check_group(shard, group)
+            try:
+                batch = f.read_row_group(group).combine_chunks().to_batches()[0]
+            except (OSError, pa.ArrowException) as e:
+                raise ValueError(
+                    f"{self.shard_paths[shard]}: row group {group} cannot be decoded ({e}); the "
+                    "file is corrupt: rerun the kadyn-gen command in its manifest to rewrite it"
+                ) from None
             self._cached = ((shard, group), to_torch(batch))
         return self._cached[1]
 
@@ -173,5 +313,6 @@ class KadynDataset(Dataset):
 
 
 def load_dataset(directory: Union[str, os.PathLike[str]], verify: bool = True) -> KadynDataset:
-    """Open a `kadyn-gen` dataset directory; `verify=False` skips the sha256 of every file."""
+    """Open a `kadyn-gen` dataset directory; `verify=False` skips the sha256 of every whole file
+    (each row group is still checked against its own sha256 when first read)."""
     return KadynDataset(directory, verify=verify)

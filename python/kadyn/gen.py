@@ -2,6 +2,10 @@
 
 The generator is the Rust `kadyn_gen` crate, linked into the native module; this console script
 only hands it the command line. `python -m kadyn.gen ...` works too.
+
+Exit status: 0 done, 1 failed (one `kadyn-gen: error: ...` line says why), 2 bad option, 75 the
+output directory is locked by another process (`--out DIR/.kadyn.lock`, shared with kadyn-train;
+retry later or choose another `--out`), 130 interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations

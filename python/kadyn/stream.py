@@ -9,7 +9,9 @@ without workers. A state saved on W ranks resumes on W' ranks the same global se
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Union
+import hashlib
+import operator
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import pyarrow as pa
 import torch
@@ -19,7 +21,39 @@ from kadyn._native import BatchStream, Curriculum, PowerLaw, Subset, Uniform, Wo
 
 Sampling = Union[Uniform, PowerLaw, Subset, Curriculum]
 
-STATE_VERSION = 1
+# 2: the state names its world (`world_identity`) and checks every field's type; a version-1 state
+# (no world, so it could resume a stream over another world) is refused.
+STATE_VERSION = 2
+
+# The fields a resumed stream must share with the stream that saved the state, beside `position`.
+_IDENTITY_FIELDS = (
+    "world",
+    "seed",
+    "seq_len",
+    "sampling",
+    "split",
+    "population",
+    "packing",
+    "facts",
+)
+_STATE_FIELDS = ("version", "position", *_IDENTITY_FIELDS)
+_MAX_POSITION = 2**63 - 1  # the native stream counts rows in an i64
+
+
+def world_identity(world: World) -> str:
+    """The first 16 hex digits of the sha256 of `world.config_json()`: a world is a pure function
+    of its config, so two worlds with the same identity yield the same biographies."""
+    return hashlib.sha256(world.config_json().encode()).hexdigest()[:16]
+
+
+def _int_argument(name: str, value: Any) -> int:
+    """`value` as an int; bools (an int subclass) and floats are refused, numpy ints taken."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:
@@ -54,20 +88,27 @@ class BiographyStream(IterableDataset):
         facts: str = "real",
     ) -> None:
         super().__init__()
+        if not isinstance(world, World):
+            raise TypeError(f"world must be a kadyn.World, got {type(world).__name__}")
         default_rank, default_size = _distributed_rank_and_size()
         self.world = world
-        self.batch_size = batch_size
-        self.seq_len = world.max_biography_tokens if seq_len is None else seq_len
+        self.batch_size = _int_argument("batch_size", batch_size)
+        self.seq_len = _int_argument(
+            "seq_len", world.max_biography_tokens if seq_len is None else seq_len
+        )
         self.sampling: Sampling = Uniform() if sampling is None else sampling
         self.split = split
         self.population = population
         self.packing = packing
-        self.seed = seed
-        self.rank = default_rank if rank is None else rank
-        self.world_size = default_size if world_size is None else world_size
-        self.threads = threads
-        self.prefetch = prefetch
+        self.seed = _int_argument("seed", seed)
+        self.rank = _int_argument("rank", default_rank if rank is None else rank)
+        self.world_size = _int_argument(
+            "world_size", default_size if world_size is None else world_size
+        )
+        self.threads = _int_argument("threads", threads)
+        self.prefetch = _int_argument("prefetch", prefetch)
         self.facts = facts
+        self._world_identity = world_identity(world)
         if self.world_size < 1:
             raise ValueError(f"world_size must be >= 1, got {self.world_size}")
         if not 0 <= self.rank < self.world_size:
@@ -130,6 +171,7 @@ class BiographyStream(IterableDataset):
         return {
             "version": STATE_VERSION,
             "position": position,
+            "world": self._world_identity,
             "seed": self.seed,
             "seq_len": self.seq_len,
             "sampling": repr(self.sampling),
@@ -143,19 +185,50 @@ class BiographyStream(IterableDataset):
         """A few fields; `position` is the only one that moves. Safe with `weights_only=True`."""
         return self._state(self.position)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from `state_dict()`; the world size may differ (elastic resume)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"state version must be {STATE_VERSION}, got {state.get('version')!r}")
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from `state_dict()`; the world size may differ (elastic resume).
+
+        Every field but `position` must equal this stream's (same world, sampling, seed, ...):
+        a state of another stream is refused with a ValueError naming the field, a field of the
+        wrong type with a TypeError. `sampling` is the sampler's repr, which spells all its
+        parameters (`PowerLaw(alpha=0.5)`, a curriculum's phases and lengths).
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"state must be a dict from BiographyStream.state_dict(), got {type(state).__name__}"
+            )
+        version = state.get("version")
+        if type(version) is not int or version != STATE_VERSION:
+            raise ValueError(
+                f"state version must be {STATE_VERSION}, got {version!r}; states of other versions "
+                "(version 1 did not record the world) cannot be resumed"
+            )
+        unknown = [key for key in state if key not in _STATE_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"state has unknown fields {sorted(map(repr, unknown))}; expected {list(_STATE_FIELDS)}"
+            )
+        missing = [key for key in _STATE_FIELDS if key not in state]
+        if missing:
+            raise ValueError(f"state lacks the fields {missing}")
         mine = self._state(0)
-        for key in ("seed", "seq_len", "sampling", "split", "population", "packing", "facts"):
-            if state.get(key) != mine[key]:
-                raise ValueError(
-                    f"state {key} is {state.get(key)!r} but this stream has {mine[key]!r}; "
-                    "build the stream with the same arguments to resume"
+        for key in _IDENTITY_FIELDS:
+            theirs = state[key]
+            # Compared by type first: True == 1 and 1.0 == 1, but neither is a seed of 1.
+            if type(theirs) is not type(mine[key]):
+                raise TypeError(
+                    f"state {key} must be a {type(mine[key]).__name__}, "
+                    f"got {type(theirs).__name__} {theirs!r}"
                 )
-        position = state.get("position")
-        if not isinstance(position, int) or position < 0:
-            raise ValueError(f"state position must be an int >= 0, got {position!r}")
+            if theirs != mine[key]:
+                raise ValueError(
+                    f"state {key} is {theirs!r} but this stream has {mine[key]!r}; "
+                    "build the stream with the same world and arguments to resume"
+                )
+        position = state["position"]
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise TypeError(f"state position must be an int, got {type(position).__name__}")
+        if not 0 <= position <= _MAX_POSITION:
+            raise ValueError(f"state position must be in 0..={_MAX_POSITION}, got {position}")
         self._position = position
         self._batches_yielded = 0

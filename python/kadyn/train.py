@@ -78,12 +78,13 @@ StepCallback = Callable[[int, dict, GPT], None]
 
 PLOT_EVERY_EVALS = 10
 
-# Exit codes of `kadyn-train`, one per kind of failure (as kadyn-gen's), so that a scheduler can
-# tell "fix the command" from "retry elsewhere" from "the run diverged".
+# Exit codes of `kadyn-train`, one per kind of failure, so that a scheduler can tell "fix the
+# command" from "retry later" from "the run diverged". Shared with kadyn-gen where the kinds are
+# shared (2, 75, 130); 74 and 75 are sysexits.h's EX_IOERR and EX_TEMPFAIL.
 EXIT_USAGE = 2  # a bad flag, config or checkpoint
-EXIT_IN_USE = 3  # another process holds --out
-EXIT_ENVIRONMENT = 4  # the filesystem refused: not a directory, read-only, full
 EXIT_DIVERGED = 5  # a non-finite loss, without --allow-nonfinite
+EXIT_ENVIRONMENT = 74  # the filesystem refused: not a directory, read-only, full
+EXIT_IN_USE = 75  # another process holds --out: retry when it is done
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT; --resume continues from the last checkpoint
 
 

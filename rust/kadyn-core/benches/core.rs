@@ -99,7 +99,7 @@ fn build(c: &mut Criterion) {
             b.iter(|| {
                 let rows: Vec<u64> = (start..start + 1024).collect();
                 start += 1024;
-                black_box(pool.install(|| builder.build(&rows)))
+                black_box(pool.install(|| builder.build(&rows)).unwrap())
             })
         });
     }

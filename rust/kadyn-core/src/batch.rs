@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KadynError, Result};
+use crate::limits::{self, MAX_SEQ_LEN};
 use crate::rng::{CounterRng, Domain};
 use crate::sampler::{Curriculum, Sampler};
 use crate::vocab::PAD_ID;
@@ -127,11 +128,18 @@ pub struct RowBuilder {
 
 fn check_seq_len(world: &World, seq_len: usize) -> Result<()> {
     let need = world.max_biography_tokens();
-    if seq_len < need || seq_len > i32::MAX as usize {
+    if seq_len < need {
         return Err(KadynError::invalid(
             "seq_len",
             seq_len,
             format!(">= {need} (the longest biography of this world, <bos> and <eos> included)"),
+        ));
+    }
+    if seq_len > MAX_SEQ_LEN {
+        return Err(KadynError::invalid(
+            "seq_len",
+            seq_len,
+            format!("<= {MAX_SEQ_LEN} (MAX_SEQ_LEN, the longest row kadyn builds)"),
         ));
     }
     Ok(())
@@ -231,12 +239,14 @@ impl RowBuilder {
     }
 
     /// Builds the rows with the given global indices, in parallel on the current rayon pool.
-    pub fn build(&self, rows: &[u64]) -> RecordBatch {
+    /// An error (naming `rows`) when the batch would not fit in [`limits::memory_limit`].
+    pub fn build(&self, rows: &[u64]) -> Result<RecordBatch> {
         let t = self.spec.seq_len;
         let n = rows.len();
-        let mut ids = vec![0i32; n * t];
-        let mut types = vec![0i8; n * t];
-        let mut inds: Vec<Vec<u32>> = vec![Vec::new(); n];
+        limits::check_rows("rows", n as u64, t, 1)?;
+        let mut ids = limits::filled("rows", n * t, 0i32)?;
+        let mut types = limits::filled("rows", n * t, 0i8)?;
+        let mut inds: Vec<Vec<u32>> = limits::filled("rows", n, Vec::new())?;
         let cap = self.world.max_biography_tokens();
         ids.par_chunks_mut(t)
             .zip(types.par_chunks_mut(t))
@@ -261,7 +271,14 @@ impl RowBuilder {
                 Arc::new(b.finish())
             }
         };
-        assemble(self.schema(), t, ids, types, individual, rows.to_vec())
+        Ok(assemble(
+            self.schema(),
+            t,
+            ids,
+            types,
+            individual,
+            rows.to_vec(),
+        ))
     }
 }
 
@@ -312,8 +329,9 @@ pub fn eval_set(
     check_seq_len(world, seq_len)?;
     let range = world.population_range(population);
     let n = max_individuals.map_or(range.len(), |m| m.min(range.len()));
-    let mut ids = vec![PAD_ID as i32; n * seq_len];
-    let mut types = vec![-1i8; n * seq_len];
+    limits::check_rows("max_individuals", n as u64, seq_len, 1)?;
+    let mut ids = limits::filled("max_individuals", n * seq_len, PAD_ID as i32)?;
+    let mut types = limits::filled("max_individuals", n * seq_len, -1i8)?;
     ids.par_chunks_mut(seq_len)
         .zip(types.par_chunks_mut(seq_len))
         .enumerate()

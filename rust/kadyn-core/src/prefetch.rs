@@ -9,6 +9,7 @@ use arrow_array::RecordBatch;
 
 use crate::batch::RowBuilder;
 use crate::error::{KadynError, Result};
+use crate::limits;
 
 /// How one consumer walks the global row sequence: it starts at global row `position` (the rows
 /// all ranks consumed before), rank `rank` of `world_size` takes rows ≡ rank (mod world_size), and
@@ -60,7 +61,7 @@ impl Schedule {
 
 /// Builds batches `0, 1, 2, ...` of a schedule on a dedicated rayon pool, `depth` ahead.
 pub struct Prefetcher {
-    receiver: Option<Receiver<RecordBatch>>,
+    receiver: Option<Receiver<Result<RecordBatch>>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -78,6 +79,13 @@ impl Prefetcher {
         if depth == 0 {
             return Err(KadynError::invalid("prefetch", 0, ">= 1"));
         }
+        // `depth` batches queued, one being built, one held by the consumer.
+        limits::check_rows(
+            "batch_size",
+            schedule.batch_size,
+            builder.spec().seq_len,
+            depth as u64 + 2,
+        )?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("kadyn-build-{i}"))
@@ -95,8 +103,9 @@ impl Prefetcher {
             .spawn(move || {
                 for j in 0.. {
                     let batch = pool.install(|| builder.build(&schedule.rows(j)));
+                    let failed = batch.is_err();
                     // The consumer dropped the receiver: stop quietly.
-                    if sender.send(batch).is_err() {
+                    if sender.send(batch).is_err() || failed {
                         break;
                     }
                 }
@@ -107,7 +116,8 @@ impl Prefetcher {
         })
     }
 
-    /// The next batch; an error if the builder thread died (it panicked).
+    /// The next batch; an error if it could not be built (memory refused), or if the builder
+    /// thread stopped (after such an error, or a panic).
     pub fn next_batch(&self) -> Result<RecordBatch> {
         self.receiver
             .as_ref()
@@ -115,8 +125,9 @@ impl Prefetcher {
             .recv()
             .map_err(|_| KadynError::Internal {
                 component: "batch builder",
-                message: "the builder thread stopped (it panicked); see stderr".into(),
-            })
+                message: "the builder thread stopped (after an error or a panic); see stderr"
+                    .into(),
+            })?
     }
 }
 

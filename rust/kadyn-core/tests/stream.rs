@@ -126,7 +126,7 @@ fn rank_shards_are_disjoint_and_complete() {
 fn pad_rows_hold_one_biography_and_tag_values() {
     let w = world(50);
     let b = RowBuilder::new(w.clone(), spec(&w, Packing::Pad)).unwrap();
-    let batch = b.build(&[0, 1, 2]);
+    let batch = b.build(&[0, 1, 2]).unwrap();
     let t = w.max_biography_tokens();
     let types = batch
         .column(1)
@@ -166,7 +166,7 @@ fn eval_sentences_never_appear_in_training_rows() {
     s.sampling = Curriculum::single(Distribution::Uniform);
     let b = RowBuilder::new(w.clone(), s).unwrap();
     let rows: Vec<u64> = (0..2000).collect();
-    let batch = b.build(&rows);
+    let batch = b.build(&rows).unwrap();
     let t = w.max_biography_tokens();
     let tokens = ids(&batch);
     let who = batch
@@ -213,7 +213,7 @@ fn eval_sentences_never_appear_in_training_rows() {
 fn pack_rows_join_biographies() {
     let w = world(50);
     let b = RowBuilder::new(w.clone(), spec(&w, Packing::Pack)).unwrap();
-    let batch = b.build(&[0, 1]);
+    let batch = b.build(&[0, 1]).unwrap();
     let lists = batch.column(2).as_list::<i32>();
     for row in 0..2 {
         let n = lists.value(row).len();
@@ -295,6 +295,54 @@ fn bad_arguments_are_refused() {
 }
 
 #[test]
+fn oversized_requests_are_errors_not_aborts() {
+    let w = world(10);
+    let mut s = spec(&w, Packing::Pad);
+    s.seq_len = 1_000_000_000;
+    let e = RowBuilder::new(w.clone(), s).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("seq_len must be <= {MAX_SEQ_LEN} (MAX_SEQ_LEN")),
+        "{e}"
+    );
+    let e = eval_set(&w, Population::Train, Split::Eval, None, 1 << 30, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MAX_SEQ_LEN"), "{e}");
+
+    // In range per field, too large together: refused before anything is allocated.
+    let mut s = spec(&w, Packing::Pad);
+    s.seq_len = 100_000;
+    let builder = Arc::new(RowBuilder::new(w.clone(), s).unwrap());
+    let huge = Schedule {
+        batch_size: 1 << 24,
+        ..schedule(0, 0, 1)
+    };
+    let e = Prefetcher::start(builder.clone(), huge, 1, 4)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.starts_with("batch_size must be <= "), "{e}");
+    assert!(
+        e.contains("6 batches in memory at once") && e.contains("memory limit"),
+        "{e}"
+    );
+    let rows = (memory_limit() / limits::row_bytes(100_000) + 1) as usize;
+    let e = builder.build(&vec![0; rows]).unwrap_err().to_string();
+    assert!(e.starts_with("rows must be <= "), "{e}");
+    // One probe row more than the limit holds at MAX_SEQ_LEN.
+    let n = memory_limit() / limits::row_bytes(MAX_SEQ_LEN) + 1;
+    let big = World::new(WorldConfig {
+        n_individuals: n as u32,
+        ..Default::default()
+    })
+    .unwrap();
+    let e = eval_set(&big, Population::Train, Split::Eval, None, MAX_SEQ_LEN, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("max_individuals must be <= "), "{e}");
+}
+
+#[test]
 fn populations_are_disjoint() {
     let w = world(100);
     let names: Vec<String> = w.individuals().iter().map(|i| w.full_name(i)).collect();
@@ -332,7 +380,7 @@ fn shuffled_facts_keep_the_row_but_not_the_values() {
     )
     .unwrap();
     let rows: Vec<u64> = (0..400).collect();
-    let (a, b) = (real.build(&rows), control.build(&rows));
+    let (a, b) = (real.build(&rows).unwrap(), control.build(&rows).unwrap());
     // Same individuals (sample draw), same layout of value tokens per sentence order/template.
     assert_eq!(a.column(2).as_ref(), b.column(2).as_ref());
     let types = |batch: &RecordBatch| -> Vec<i8> {
@@ -357,5 +405,5 @@ fn shuffled_facts_keep_the_row_but_not_the_values() {
     // The values differ on most rows, and the same bytes come back on a rebuild.
     let differ = ids(&a) != ids(&b);
     assert!(differ);
-    assert_eq!(ids(&control.build(&rows)), ids(&b));
+    assert_eq!(ids(&control.build(&rows).unwrap()), ids(&b));
 }

@@ -21,7 +21,13 @@ use crate::spec::{format_sampling, parse_sampling};
 /// Re-running the same command after an interruption resumes it, and the result is
 /// byte-identical to an uninterrupted run.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "kadyn-gen", version, args_override_self = true)]
+#[command(
+    name = "kadyn-gen",
+    version,
+    args_override_self = true,
+    after_help = "Exit status: 0 done, 1 failed (the one error line says why), 2 bad option, \
+                  75 --out is in use by another process (retry later), 130 interrupted."
+)]
 pub struct Args {
     /// Individuals in the training population.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -35,14 +41,15 @@ pub struct Args {
     /// Rows to write.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub samples: u64,
-    /// Tokens per row [default: the world's longest biography].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=i32::MAX as u64))]
+    /// Tokens per row [default: the world's longest biography; at most kadyn's MAX_SEQ_LEN].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub seq_len: Option<u64>,
     /// Rows per record batch, which is also the rows per Parquet row group.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     pub batch_rows: u64,
-    /// Power-law exponent: shorthand for --sampling power:<ALPHA>.
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "sampling")]
+    /// Power-law exponent: shorthand for --sampling power:<ALPHA> (with --sampling, only the
+    /// same power law is accepted).
+    #[arg(long, allow_negative_numbers = true)]
     pub alpha: Option<f64>,
     /// uniform | power:<alpha> | subset:<n> | phases such as subset:2000@50000,uniform.
     #[arg(long)]
@@ -123,11 +130,32 @@ impl Args {
     }
 
     fn curriculum(&self) -> Result<Curriculum> {
-        match (&self.sampling, self.alpha) {
-            (Some(spec), _) => parse_sampling(spec),
-            (None, Some(alpha)) => Distribution::power_law(alpha)
-                .map(Curriculum::single)
-                .map_err(|e| from_core(e, "--alpha", None)),
+        let alpha = self
+            .alpha
+            .map(|alpha| {
+                Distribution::power_law(alpha)
+                    .map(Curriculum::single)
+                    .map_err(|e| from_core(e, "--alpha", None))
+            })
+            .transpose()?;
+        match (&self.sampling, alpha) {
+            (Some(spec), None) => parse_sampling(spec),
+            (Some(spec), Some(power)) => {
+                let sampling = parse_sampling(spec)?;
+                if sampling != power {
+                    return Err(GenError::option(
+                        "--alpha",
+                        format!(
+                            "{} means --sampling {}, which conflicts with --sampling {spec}; \
+                             give one of them",
+                            self.alpha.expect("given"),
+                            format_sampling(&power)
+                        ),
+                    ));
+                }
+                Ok(sampling)
+            }
+            (None, Some(power)) => Ok(power),
             (None, None) => Ok(Curriculum::single(Distribution::Uniform)),
         }
     }

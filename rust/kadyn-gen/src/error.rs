@@ -24,9 +24,24 @@ pub enum GenError {
     },
     #[error("{}: parquet: {message}", path.display())]
     Parquet { path: PathBuf, message: String },
+    /// Another process holds the output directory's lock (see `lock`).
+    #[error(
+        "--out {} is in use by another process ({holder}); wait for it to finish or choose \
+         another --out",
+        path.display()
+    )]
+    Busy { path: PathBuf, holder: String },
     #[error("interrupted; rerun the same command to resume")]
     Interrupted,
 }
+
+/// Exit status of a bad option (as clap's).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when another process holds `--out` (sysexits' EX_TEMPFAIL: retrying later may
+/// succeed).
+pub const EXIT_BUSY: i32 = 75;
+/// Exit status after Ctrl-C (128 + SIGINT).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub type Result<T> = std::result::Result<T, GenError>;
 
@@ -52,11 +67,13 @@ impl GenError {
         }
     }
 
-    /// The exit status: 2 for bad usage (as clap does), 130 for Ctrl-C, 1 for anything else.
+    /// The exit status: 2 for bad usage (as clap does), 75 when `--out` is in use, 130 for
+    /// Ctrl-C, 1 for anything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            GenError::Option { .. } => 2,
-            GenError::Interrupted => 130,
+            GenError::Option { .. } => EXIT_USAGE,
+            GenError::Busy { .. } => EXIT_BUSY,
+            GenError::Interrupted => EXIT_INTERRUPTED,
             _ => 1,
         }
     }

@@ -8,104 +8,112 @@
 //!   per `--batch-rows` rows, the stream's Arrow schema (DESIGN.md);
 //! - `world.parquet`: one row per individual of the population (the answer key);
 //! - `vocab.json`: the token list and special ids;
-//! - `manifest.json`, written last: config, schema, files with row counts and sha256.
+//! - `manifest.json`, written last: config, schema, files with row counts and sha256, and each
+//!   shard's row groups with their own sha256 ([`manifest`]);
+//! - `.kadyn.lock`: held by the run writing the directory ([`lock`]); not part of the dataset.
 //!
-//! Runs are kill-safe and resumable (see [`dir`]); the same command gives the same bytes.
+//! Runs are kill-safe and resumable (see [`dir`]); the same command gives the same bytes. Before
+//! anything is written the run checks its memory (one row group, one shard) against fixed caps
+//! and prints the projected size, refusing when it exceeds the free space of `--out`.
 
 pub mod args;
 pub mod dir;
 pub mod error;
+pub mod lock;
+pub mod manifest;
 pub mod report;
 pub mod shard;
 pub mod spec;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Instant;
 
 use clap::Parser;
+use kadyn_core::limits::{human_bytes, memory_limit, row_bytes};
 use kadyn_core::{vocab, world_table, RowBuilder};
-use serde::{Deserialize, Serialize};
+use rayon::prelude::*;
 
 pub use args::{Args, DatasetConfig, Options};
-pub use dir::{FileRecord, ShardPlan};
+pub use dir::{FileRecord, RowGroupRecord, ShardPlan};
 pub use error::{GenError, Result};
+pub use manifest::{
+    schema_description, Column, Manifest, VocabInfo, FORMAT, FORMAT_VERSION, ROW_GROUP_HASH,
+};
 pub use spec::{format_sampling, parse_sampling};
 
 use crate::dir::{
-    claim, load_progress, plan_shards, save_progress, sync_dir, verify_shard, write_atomic,
-    MANIFEST_FILE, VOCAB_FILE, WORLD_FILE,
+    check_shard, free_space, inspect, load_progress, prepare, save_progress, shards_to_check,
+    sync_dir, write_atomic, Progress, ShardCheck, Shards, MANIFEST_FILE, VOCAB_FILE, WORLD_FILE,
 };
 use crate::error::IoContext;
+use crate::lock::DirLock;
 use crate::report::{mb, Reporter};
-use crate::shard::{write_table, writer_properties, ShardWriter};
+use crate::shard::{write_table, writer_properties, written_bytes_per_row, ShardWriter};
 
-pub const FORMAT: &str = "kadyn-dataset";
-pub const FORMAT_VERSION: u32 = 1;
+/// The program name, in messages and in the lock file.
+pub const PROGRAM: &str = "kadyn-gen";
 
-/// One column of the shards' schema, for readers that do not speak Arrow schemas.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Column {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub dtype: String,
-    pub meaning: String,
+/// The most bytes one row group may take while it is built and encoded (its Arrow batch; the
+/// encoded pages take at most about as much again). Parquet readers decode a group at a time,
+/// so this also bounds a reader's memory: 1 GiB.
+pub const MAX_ROW_GROUP_BYTES: u64 = 1 << 30;
+
+/// The most row groups one shard may hold (2^15): a shard's footer lists them all and every
+/// reader loads it whole; some readers also take a group's ordinal as an i16.
+pub const MAX_ROW_GROUPS_PER_SHARD: u64 = 1 << 15;
+
+/// One line on stderr, unless `--quiet`.
+fn note(quiet: bool, message: impl std::fmt::Display) {
+    if !quiet {
+        eprintln!("{PROGRAM}: {message}");
+    }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VocabInfo {
-    pub file: String,
-    pub size: usize,
-    pub pad_id: u32,
-    pub bos_id: u32,
-    pub eos_id: u32,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// `manifest.json`: present only once every shard is complete.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: String,
-    pub format_version: u32,
-    pub kadyn_version: String,
-    pub config: DatasetConfig,
-    pub schema: Vec<Column>,
-    pub vocab: VocabInfo,
-    pub world_table: FileRecord,
-    pub shards: Vec<FileRecord>,
-    pub total_rows: u64,
-    pub total_tokens: u64,
-}
-
-pub fn schema_description(seq_len: usize, pack: bool) -> Vec<Column> {
-    let col = |name: &str, dtype: String, meaning: &str| Column {
-        name: name.into(),
-        dtype,
-        meaning: meaning.into(),
-    };
-    vec![
-        col(
-            "input_ids",
-            format!("fixed_size_list<int32>[{seq_len}]"),
-            "token ids (vocab.json), <pad>-filled or packed",
-        ),
-        col(
-            "attr_type",
-            format!("fixed_size_list<int8>[{seq_len}]"),
-            "-1 for ordinary tokens, 0..5 for tokens of an attribute value (one value = one maximal run)",
-        ),
-        col(
-            "individual",
-            if pack { "list<uint32>" } else { "uint32" }.into(),
-            "which individual(s) of the population the row describes (rows of world.parquet)",
-        ),
-        col(
-            "sample_index",
-            "uint64".into(),
-            "the stream counter k of the row's (first) biography: row k of the dataset",
-        ),
-    ]
+/// Checks the memory one row group and one shard take against the caps above (before anything
+/// is created), and returns how many row groups may be in flight at once: two per thread, fewer
+/// when that would pass the core's memory limit.
+fn in_flight_groups(args: &Args, seq_len: usize, threads: usize) -> Result<usize> {
+    let group_rows = args.batch_rows.min(args.shard_rows).min(args.samples);
+    let per_row = row_bytes(seq_len);
+    let limit = memory_limit();
+    let cap = MAX_ROW_GROUP_BYTES.min(limit / 2);
+    if group_rows.saturating_mul(per_row) > cap {
+        let why = if cap == MAX_ROW_GROUP_BYTES {
+            format!("the cap on one row group, {}", human_bytes(cap))
+        } else {
+            format!(
+                "half the memory limit of {} (1/{} of this machine's memory)",
+                human_bytes(limit),
+                kadyn_core::limits::MEMORY_FRACTION
+            )
+        };
+        return Err(GenError::option(
+            "--batch-rows",
+            format!(
+                "must be <= {} at --seq-len {seq_len}: a row group is built in memory at {}                  bytes a row and must fit in {why}; got {}",
+                (cap / per_row).max(1),
+                per_row,
+                args.batch_rows
+            ),
+        ));
+    }
+    let groups = args.shard_rows.min(args.samples).div_ceil(args.batch_rows);
+    if groups > MAX_ROW_GROUPS_PER_SHARD {
+        return Err(GenError::option(
+            "--shard-rows",
+            format!(
+                "must be <= {} with --batch-rows {} (at most {MAX_ROW_GROUPS_PER_SHARD} row                  groups a shard: readers load a shard's footer, which lists them, whole); got {}",
+                args.batch_rows.saturating_mul(MAX_ROW_GROUPS_PER_SHARD),
+                args.batch_rows,
+                args.shard_rows
+            ),
+        ));
+    }
+    // An encoded group beside its batch: about twice the batch.
+    let fit = limit / (2 * group_rows * per_row).max(1);
+    Ok((fit as usize).clamp(1, 2 * threads))
 }
 
 /// What a run did, printed as its last line.
@@ -167,6 +175,106 @@ fn write_vocab(dir: &Path, builder: &RowBuilder) -> Result<VocabInfo> {
     })
 }
 
+/// The shards already complete (verified against their records), by index. Damaged ones are
+/// named on stderr; records upgraded with row-group hashes are saved.
+fn complete_shards(
+    args: &Args,
+    dir: &Path,
+    shards: &Shards,
+    progress: &mut Progress,
+    pool: &rayon::ThreadPool,
+) -> Result<BTreeMap<usize, FileRecord>> {
+    let candidates = shards_to_check(dir, shards, progress)?;
+    let checks: Vec<(usize, ShardCheck)> = pool.install(|| {
+        candidates
+            .par_iter()
+            .map(|&i| {
+                let plan = shards.plan(i);
+                let record = progress.shards.get(&plan.file);
+                (i, check_shard(dir, &plan, record, args.batch_rows))
+            })
+            .collect()
+    });
+    let mut complete = BTreeMap::new();
+    for (i, check) in checks {
+        match check {
+            ShardCheck::Complete(record) => {
+                complete.insert(i, record);
+            }
+            ShardCheck::Absent => {}
+            ShardCheck::Damaged(why) => {
+                note(
+                    args.quiet,
+                    format!("{}: {why}; rewriting it", shards.plan(i).file),
+                );
+            }
+        }
+    }
+    let verified: BTreeMap<String, FileRecord> = complete
+        .values()
+        .map(|r| (r.file.clone(), r.clone()))
+        .collect();
+    if verified != progress.shards {
+        progress.shards = verified;
+        save_progress(dir, progress)?;
+    }
+    Ok(complete)
+}
+
+/// Prints the projected size of the dataset and refuses, before anything is written, when what
+/// remains to write exceeds the free space of `--out`'s filesystem. The bytes a row takes are
+/// measured by encoding the first row group in memory (biographies compress 5-10x, so the
+/// uncompressed rows × row bytes would refuse datasets that fit).
+fn check_space(
+    args: &Args,
+    dir: &Path,
+    builder: &RowBuilder,
+    shards: &Shards,
+    done: &BTreeMap<usize, FileRecord>,
+    pool: &rayon::ThreadPool,
+) -> Result<()> {
+    let first_group = 0..args.batch_rows.min(args.shard_rows).min(args.samples);
+    let props = writer_properties(args.batch_rows as usize);
+    let per_row = pool.install(|| written_bytes_per_row(builder, props, first_group))?;
+    let projected = (per_row * args.samples as f64).min(u64::MAX as f64) as u64;
+    let done_bytes: u64 = done.values().map(|r| r.bytes).sum();
+    let remaining = projected.saturating_sub(done_bytes);
+    let free = free_space(dir);
+    if let Some(free) = free.filter(|&free| remaining > free) {
+        return Err(GenError::out(
+            dir,
+            format!(
+                "needs about {} more ({} rows × ~{per_row:.0} bytes a row as written), but its \
+                 filesystem has {} free; lower --samples or choose another --out",
+                human_bytes(remaining),
+                args.samples - done.values().map(|r| r.rows).sum::<u64>(),
+                human_bytes(free)
+            ),
+        ));
+    }
+    let resumed = if done.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {} of it still to write ({} of {} shards complete)",
+            human_bytes(remaining),
+            done.len(),
+            shards.count()
+        )
+    };
+    let free = free.map_or(String::new(), |f| format!("; {} free", human_bytes(f)));
+    note(
+        args.quiet,
+        format!(
+            "{} rows in {} shards: about {} projected (~{per_row:.0} bytes a row as written){resumed}{free}",
+            args.samples,
+            shards.count(),
+            human_bytes(projected),
+        ),
+    );
+    Ok(())
+}
+
 /// Generates (or resumes, or re-verifies) the dataset `args` describes. `cancel` is polled
 /// between row-group windows on the calling thread (the Python binding checks for Ctrl-C there).
 pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
@@ -178,9 +286,30 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
         .build()
         .map_err(|e| GenError::option("--threads", format!("{threads}: {e}")))?;
     let (config, builder) = pool.install(|| args.resolve())?;
+    let window = in_flight_groups(args, config.options.seq_len, threads)?;
     let config_json = serde_json::to_string_pretty(&config).expect("serialisable") + "\n";
     let dir = args.out.as_path();
-    claim(dir, &config_json)?;
+    // Held until this function returns (the kernel releases it if the process dies).
+    let _lock = DirLock::acquire(dir, PROGRAM)?;
+    let resumed = inspect(dir, &config_json)?;
+
+    let shards = Shards::new(args.samples, args.shard_rows);
+    let mut progress = Progress::default();
+    if resumed {
+        let (loaded, warning) = load_progress(dir);
+        if let Some(warning) = warning {
+            note(args.quiet, warning);
+        }
+        progress = loaded;
+    }
+    // Verified before the space check (complete shards need no new space).
+    let complete = if resumed {
+        complete_shards(args, dir, &shards, &mut progress, &pool)?
+    } else {
+        BTreeMap::new()
+    };
+    check_space(args, dir, &builder, &shards, &complete, &pool)?;
+    prepare(dir, &config_json, resumed)?;
 
     let props = writer_properties(args.batch_rows as usize);
     let vocab = write_vocab(dir, &builder)?;
@@ -189,37 +318,20 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
     drop(table);
     let mut bytes_written = vocab.bytes + world.bytes;
 
-    let plans = plan_shards(args.samples, args.shard_rows);
-    let mut progress = load_progress(dir);
-    let complete: Vec<bool> = pool.install(|| {
-        use rayon::prelude::*;
-        plans
-            .par_iter()
-            .map(|p| verify_shard(dir, p, progress.shards.get(&p.file)))
-            .collect()
-    });
-    progress.shards.retain(|name, _| {
-        plans
-            .iter()
-            .zip(&complete)
-            .any(|(p, &c)| c && &p.file == name)
-    });
-
     let mut reporter = Reporter::new(args.quiet, args.samples);
     let writer = ShardWriter {
         builder: &builder,
         props: props.clone(),
         dir,
         row_group_rows: args.batch_rows,
-        window: 2 * threads,
+        window,
         pool: &pool,
     };
-    let mut resumed = 0;
     let mut rows_written = 0;
-    for (plan, done) in plans.iter().zip(&complete) {
-        if *done {
-            reporter.resumed(&progress.shards[&plan.file]);
-            resumed += 1;
+    for index in 0..shards.count() {
+        let plan = shards.plan(index);
+        if let Some(record) = complete.get(&index) {
+            reporter.resumed(record);
             continue;
         }
         let final_path = dir.join(&plan.file);
@@ -228,7 +340,7 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
             std::fs::remove_file(&final_path).at(&final_path)?;
         }
         let shard_started = Instant::now();
-        let result = writer.write(plan, cancel, &mut |n| reporter.rows(n));
+        let result = writer.write(&plan, cancel, &mut |n| reporter.rows(n));
         let (record, tmp) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -247,9 +359,8 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
     }
     reporter.finish();
 
-    let shards: Vec<FileRecord> = plans
-        .iter()
-        .map(|p| progress.shards[&p.file].clone())
+    let records: Vec<FileRecord> = (0..shards.count())
+        .map(|i| progress.shards[&shards.plan(i).file].clone())
         .collect();
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -259,9 +370,10 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
         config,
         vocab,
         world_table: world,
-        total_rows: shards.iter().map(|s| s.rows).sum(),
-        total_tokens: shards.iter().filter_map(|s| s.tokens).sum(),
-        shards,
+        row_group_hash: ROW_GROUP_HASH.into(),
+        total_rows: records.iter().map(|s| s.rows).sum(),
+        total_tokens: records.iter().filter_map(|s| s.tokens).sum(),
+        shards: records,
     };
     let json = serde_json::to_string_pretty(&manifest).expect("serialisable") + "\n";
     write_atomic(&dir.join(MANIFEST_FILE), json.as_bytes())?;
@@ -271,7 +383,7 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
         rows: manifest.total_rows,
         tokens: manifest.total_tokens,
         shards: manifest.shards.len(),
-        shards_resumed: resumed,
+        shards_resumed: complete.len(),
         rows_written,
         bytes_written,
         seconds: started.elapsed().as_secs_f64(),
@@ -307,7 +419,7 @@ where
             return 0;
         }
         Err(err) => {
-            eprintln!("{}", one_line(&err));
+            eprintln!("{PROGRAM}: {}", one_line(&err));
             return err.exit_code();
         }
     };
@@ -317,7 +429,7 @@ where
             0
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("{PROGRAM}: error: {err}");
             err.exit_code()
         }
     }

@@ -26,7 +26,7 @@ use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::dir::{tmp_path, FileRecord, ShardPlan};
+use crate::dir::{tmp_path, FileRecord, RowGroupRecord, ShardPlan};
 use crate::error::{GenError, IoContext, Result};
 
 /// Fixed writer settings: every field that could vary is set here, never taken from the
@@ -106,7 +106,9 @@ fn encode_group(
     index: usize,
 ) -> parquet::errors::Result<(Vec<ArrowColumnChunk>, u64)> {
     let rows: Vec<u64> = rows.collect();
-    let batch = builder.build(&rows);
+    let batch = builder
+        .build(&rows)
+        .map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
     let tokens = count_tokens(&batch);
     let mut writers = factory.create_column_writers(index)?;
     let mut next = writers.iter_mut();
@@ -120,6 +122,71 @@ fn encode_group(
         .map(|w| w.close())
         .collect::<parquet::errors::Result<_>>()?;
     Ok((chunks, tokens))
+}
+
+/// Per row group of a Parquet file: its rows and the sha256 of its column chunks as stored
+/// (`manifest::ROW_GROUP_HASH`). Read back from the file rather than taken from the encoder, so
+/// that the writer and every reader (Python's `kadyn.dataset` does the same from pyarrow's
+/// metadata) hash exactly the same byte ranges.
+pub fn row_group_hashes(path: &Path) -> Result<Vec<RowGroupRecord>> {
+    use std::io::{Read, Seek, SeekFrom};
+
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let perr = |e: parquet::errors::ParquetError| GenError::parquet(path, e);
+    let mut file = File::open(path).at(path)?;
+    let reader = SerializedFileReader::new(file.try_clone().at(path)?).map_err(perr)?;
+    let mut buf = Vec::new();
+    reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|group| {
+            let mut hasher = Sha256::new();
+            for column in group.columns() {
+                let start = column
+                    .dictionary_page_offset()
+                    .unwrap_or_else(|| column.data_page_offset());
+                let (Ok(start), Ok(len)) = (
+                    u64::try_from(start),
+                    usize::try_from(column.compressed_size()),
+                ) else {
+                    return Err(GenError::parquet(
+                        path,
+                        "negative column chunk offset or size",
+                    ));
+                };
+                buf.resize(len, 0);
+                file.seek(SeekFrom::Start(start)).at(path)?;
+                file.read_exact(&mut buf).at(path)?;
+                hasher.update(&buf);
+            }
+            Ok(RowGroupRecord {
+                rows: group.num_rows() as u64,
+                sha256: format!("{:x}", hasher.finalize()),
+            })
+        })
+        .collect()
+}
+
+/// Bytes a row takes once written (zstd-compressed Parquet), measured on `rows` (the first row
+/// group of the dataset): encoded in memory with the dataset's writer settings, footer included.
+pub fn written_bytes_per_row(
+    builder: &RowBuilder,
+    props: WriterPropertiesPtr,
+    rows: Range<u64>,
+) -> Result<f64> {
+    let n = rows.end - rows.start;
+    let here = Path::new("<projection>");
+    let perr = |e: parquet::errors::ParquetError| GenError::parquet(here, e);
+    let rows: Vec<u64> = rows.collect();
+    let batch = builder
+        .build(&rows)
+        .map_err(|e| crate::error::from_core(e, "--batch-rows", None))?;
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), builder.schema(), Some((*props).clone())).map_err(perr)?;
+    writer.write(&batch).map_err(perr)?;
+    let bytes = writer.into_inner().map_err(perr)?.len();
+    Ok(bytes as f64 / n.max(1) as f64)
 }
 
 /// How to write shards of one dataset.
@@ -197,6 +264,7 @@ impl ShardWriter<'_> {
             tokens: Some(tokens),
             bytes,
             sha256,
+            row_groups: Some(row_group_hashes(&tmp)?),
         };
         Ok((record, tmp))
     }
@@ -228,5 +296,6 @@ pub fn write_table(
         tokens: None,
         bytes,
         sha256,
+        row_groups: None,
     })
 }

@@ -12,7 +12,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, UInt64Type};
 use clap::Parser;
 use kadyn_core::{RowBuilder, World};
-use kadyn_gen::dir::{plan_shards, PROGRESS_FILE};
+use kadyn_gen::dir::{Shards, PROGRESS_FILE};
+use kadyn_gen::lock::LOCK_FILE;
 use kadyn_gen::{run, Args, GenError, Manifest};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -45,7 +46,7 @@ fn never() -> bool {
     false
 }
 
-/// Every file of a directory with its bytes.
+/// Every file of a dataset directory with its bytes (the lock file is not part of the dataset).
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fs::read_dir(dir)
         .unwrap()
@@ -56,17 +57,25 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                 fs::read(e.path()).unwrap(),
             )
         })
+        .filter(|(name, _)| name != LOCK_FILE)
         .collect()
 }
 
 #[test]
 fn plan_covers_every_row_once() {
-    let plans = plan_shards(2500, 1000);
-    assert_eq!(plans.len(), 3);
-    assert_eq!(plans[0].rows, 0..1000);
-    assert_eq!(plans[2].rows, 2000..2500);
-    assert_eq!(plans[2].file, "shard-00002.parquet");
-    assert_eq!(plan_shards(1000, 1000).len(), 1);
+    let shards = Shards::new(2500, 1000);
+    assert_eq!(shards.count(), 3);
+    assert_eq!(shards.plan(0).rows, 0..1000);
+    assert_eq!(shards.plan(2).rows, 2000..2500);
+    assert_eq!(shards.plan(2).file, "shard-00002.parquet");
+    assert_eq!(shards.index_of("shard-00002.parquet"), Some(2));
+    assert_eq!(shards.index_of("shard-00003.parquet"), None);
+    assert_eq!(shards.index_of("shard-2.parquet"), None);
+    assert_eq!(Shards::new(1000, 1000).count(), 1);
+    // Planned on demand: no list of 10^8 plans for 10^14 rows.
+    let huge = Shards::new(100_000_000_000_000, 1_000_000);
+    assert_eq!(huge.count(), 100_000_000);
+    assert_eq!(huge.plan(99_999_999).rows.end, 100_000_000_000_000);
 }
 
 #[test]
@@ -116,7 +125,7 @@ fn rows_are_the_stream_rows() {
         for batch in reader {
             let batch = batch.unwrap();
             let rows: Vec<u64> = (next_row..next_row + batch.num_rows() as u64).collect();
-            let expected = builder.build(&rows);
+            let expected = builder.build(&rows).unwrap();
             let got_index = batch.column(3).as_primitive::<UInt64Type>();
             assert_eq!(got_index.values().to_vec(), rows);
             let ids = |b: &arrow_array::RecordBatch| {
@@ -269,4 +278,172 @@ fn option_errors_are_one_line_and_name_the_option() {
         "--alpha must be >= 0 and finite, got -1"
     );
     assert!(Args::try_parse_from(["kadyn-gen", "--samples", "0", "--out", "x"]).is_err());
+}
+
+#[test]
+fn a_locked_directory_is_refused_with_its_own_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = kadyn_gen::lock::DirLock::acquire(dir.path(), "kadyn-train").unwrap();
+    let err = run(&args(dir.path(), &[]), &never).unwrap_err();
+    assert_eq!(err.exit_code(), kadyn_gen::error::EXIT_BUSY);
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "--out {} is in use by another process (pid ",
+            dir.path().display()
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with(", kadyn-train); wait for it to finish or choose another --out"),
+        "{msg}"
+    );
+    // Nothing but the lock was written; released, the same command runs.
+    assert!(snapshot(dir.path()).is_empty());
+    drop(held);
+    run(&args(dir.path(), &[]), &never).unwrap();
+}
+
+#[test]
+fn manifest_lists_row_groups_with_their_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&args(dir.path(), &[]), &never).unwrap();
+    let manifest: Manifest =
+        serde_json::from_slice(&fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest.format_version, 2);
+    assert_eq!(manifest.row_group_hash, kadyn_gen::ROW_GROUP_HASH);
+    for shard in &manifest.shards {
+        let groups = shard.row_groups.as_ref().unwrap();
+        let rows: Vec<u64> = groups.iter().map(|g| g.rows).collect();
+        let expected = if shard.rows == 1000 {
+            vec![300, 300, 300, 100]
+        } else {
+            vec![300, 200]
+        };
+        assert_eq!(rows, expected, "{}", shard.file);
+        let path = dir.path().join(&shard.file);
+        assert_eq!(&kadyn_gen::shard::row_group_hashes(&path).unwrap(), groups);
+    }
+    // Each hash covers its own group: one changed byte in group 1's pages changes only hash 1.
+    let path = dir.path().join("shard-00000.parquet");
+    let before = kadyn_gen::shard::row_group_hashes(&path).unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let len = bytes.len();
+    let meta =
+        parquet::file::reader::SerializedFileReader::new(fs::File::open(&path).unwrap()).unwrap();
+    use parquet::file::reader::FileReader;
+    let column = meta.metadata().row_group(1).column(0);
+    let at = column
+        .dictionary_page_offset()
+        .unwrap_or(column.data_page_offset()) as usize
+        + 40;
+    assert!(at < len);
+    bytes[at] ^= 0x55;
+    fs::write(&path, &bytes).unwrap();
+    let after = kadyn_gen::shard::row_group_hashes(&path).unwrap();
+    let changed: Vec<bool> = before.iter().zip(&after).map(|(a, b)| a != b).collect();
+    assert_eq!(changed, [false, true, false, false]);
+}
+
+#[test]
+fn records_without_row_group_hashes_are_upgraded_without_rewriting() {
+    let (full, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&args(full.path(), &[]), &never).unwrap();
+    run(&args(dir.path(), &[]), &never).unwrap();
+    // As a kadyn-gen of format version 1 left it: no row groups in the records or the manifest.
+    let progress_path = dir.path().join(PROGRESS_FILE);
+    let mut progress: serde_json::Value =
+        serde_json::from_slice(&fs::read(&progress_path).unwrap()).unwrap();
+    for record in progress["shards"].as_object_mut().unwrap().values_mut() {
+        record.as_object_mut().unwrap().remove("row_groups");
+    }
+    fs::write(&progress_path, progress.to_string()).unwrap();
+    let summary = run(&args(dir.path(), &[]), &never).unwrap();
+    assert_eq!(summary.shards_resumed, 3);
+    assert_eq!(summary.rows_written, 0);
+    assert_eq!(snapshot(dir.path()), snapshot(full.path()));
+}
+
+#[test]
+fn a_malformed_manifest_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&args(dir.path(), &[]), &never).unwrap();
+    let path = dir.path().join("manifest.json");
+    let good: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let mut wrong_type = good.clone();
+    wrong_type["shards"][1]["rows"] = "many".into();
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("total_rows");
+    let mut bad_options = good.clone();
+    bad_options["config"]["options"]["seed"] = "x".into();
+    let cases = [
+        ("{\"format\": ".to_string(), "not valid JSON"),
+        (
+            wrong_type.to_string(),
+            "field shards[1].rows must be an integer >= 0, got \"many\"",
+        ),
+        (missing.to_string(), "missing field total_rows"),
+        (
+            bad_options.to_string(),
+            "field config.options: invalid type: string \"x\"",
+        ),
+    ];
+    for (text, want) in cases {
+        fs::write(&path, &text).unwrap();
+        let err = run(&args(dir.path(), &[]), &never).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--out ") && err.contains("manifest.json is malformed ("),
+            "{err}"
+        );
+        assert!(err.contains(want), "{err:?} should contain {want:?}");
+        assert!(!err.contains('\n'), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), text, "left as it was");
+    }
+    // Deleted, it is rebuilt from the verified shards.
+    fs::remove_file(&path).unwrap();
+    let summary = run(&args(dir.path(), &[]), &never).unwrap();
+    assert_eq!(summary.shards_resumed, 3);
+}
+
+#[test]
+fn oversized_requests_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("d");
+    let parse = |extra: &[&str]| {
+        Args::try_parse_from(
+            [
+                "kadyn-gen",
+                "--individuals",
+                "50",
+                "--out",
+                out.to_str().unwrap(),
+            ]
+            .into_iter()
+            .chain(extra.iter().copied()),
+        )
+        .unwrap()
+    };
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--samples", "10", "--seq-len", "1000000000"],
+            "--seq-len must be <= 1048576 (MAX_SEQ_LEN",
+        ),
+        (
+            &["--samples", "100000", "--seq-len", "1048576"],
+            // 204 rows of 5 MiB make the 1 GiB cap (less on a machine with under 8 GiB).
+            "--batch-rows must be <= ",
+        ),
+        (
+            &["--samples", "100000", "--batch-rows", "1"],
+            "--shard-rows must be <= 32768 with --batch-rows 1",
+        ),
+        (&["--samples", "100000000000000"], "but its filesystem has"),
+    ];
+    for (extra, want) in cases {
+        let err = run(&parse(extra), &never).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        assert!(!msg.contains('\n'));
+        assert!(!out.join(".kadyn-gen-config.json").exists(), "{msg}");
+    }
 }

@@ -26,7 +26,8 @@ fn row_builder(
         population: Population::parse(population).map_err(to_py)?,
         split: Split::parse(split).map_err(to_py)?,
         packing: Packing::parse(packing).map_err(to_py)?,
-        seq_len: count("seq_len", seq_len, 1, i32::MAX as i64)? as usize,
+        // The upper bound (MAX_SEQ_LEN) is the core's, checked with the world's lower one.
+        seq_len: count("seq_len", seq_len, 1, i64::MAX)? as usize,
         seed: count("seed", seed, 0, i64::MAX)?,
         sampling: curriculum(sampling)?,
         facts: Facts::parse(facts).map_err(to_py)?,
@@ -126,7 +127,7 @@ pub fn build_rows<'py>(
             .num_threads(threads)
             .build()
             .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-        Ok(pool.install(|| builder.build(&rows)))
+        pool.install(|| builder.build(&rows)).map_err(to_py)
     })?;
     batch.to_pyarrow(py)
 }

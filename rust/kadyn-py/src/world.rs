@@ -262,7 +262,7 @@ impl World {
             .transpose()?
             .map(|m| m as usize);
         let seq_len = match seq_len {
-            Some(s) => count("seq_len", s, 1, i32::MAX as i64)? as usize,
+            Some(s) => count("seq_len", s, 1, i64::MAX)? as usize,
             None => self.inner.max_biography_tokens(),
         };
         let seed = count("seed", seed, 0, i64::MAX)?;
