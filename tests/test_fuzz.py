@@ -4,11 +4,10 @@ Rust panic (pyo3's PanicException, a BaseException) or an abort of the interpret
 
 The examples run in-process, so the sizes a correct implementation accepts stay small (a few MB):
 worlds of at most a few thousand individuals, batches of at most 32 rows of at most 400 tokens.
-Oversized requests are drawn only where the native module refuses them by contract: counts beyond
-their documented ranges and, once the native module exports `MAX_SEQ_LEN`, sequence lengths above
-it. Requests that are in range but too large to build (a 10^9-token probe row, a 2^24-row batch)
-abort a native module without those checks, so they are tried in a memory-capped subprocess
-(`test_oversized_requests_are_refused`).
+Oversized requests are drawn only where the native module refuses them before allocating: counts
+beyond their documented ranges and sequence lengths above `MAX_SEQ_LEN`. Requests too large to
+build (a 10^9-token probe row, a 2^24-row batch), which aborted the interpreter before the size
+checks, run in child processes in tests/test_native_limits.py.
 
 KADYN_FUZZ_EXAMPLES scales every test's example count (default 1.0; e.g. 20 for a long local
 run); `EXAMPLES` holds the counts and `test_example_budget` prints their total.
@@ -17,10 +16,7 @@ run); `EXAMPLES` holds the counts and `test_example_budget` prints their total.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pyarrow as pa
 import pytest
@@ -55,7 +51,7 @@ EXAMPLES = {
 }
 
 # The native module's largest sequence length, once it exports one; None before.
-MAX_SEQ_LEN: Optional[int] = getattr(_native, "MAX_SEQ_LEN", None)
+MAX_SEQ_LEN: int = _native.MAX_SEQ_LEN
 
 
 def fuzz(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -125,13 +121,12 @@ def word(*valid: str) -> st.SearchStrategy[Any]:
     return st.one_of(st.sampled_from(["", "TRAIN", "bogus", f"{valid[0]} "]), JUNK)
 
 
-# Sequence lengths a correct native module must refuse: <= 0, past i32, and past its
-# MAX_SEQ_LEN once it has one (before that, lengths up to i32::MAX abort: see OVERSIZED).
+# Sequence lengths a correct native module must refuse: <= 0, past i32, and past MAX_SEQ_LEN.
 BAD_SEQ_LEN = st.one_of(
     st.integers(max_value=0),
     st.integers(min_value=2**31),
     JUNK,
-    *([st.integers(MAX_SEQ_LEN + 1, 2**31 - 1)] if MAX_SEQ_LEN is not None else []),
+    st.integers(MAX_SEQ_LEN + 1, 2**31 - 1),
 )
 SEEDS = st.integers(0, 2**63 - 1)
 BAD_SEEDS = st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63), JUNK)
@@ -527,52 +522,3 @@ def test_example_budget() -> None:
     total = sum(EXAMPLES.values())
     print(f"\nkadyn fuzz: {total} examples over {len(EXAMPLES)} tests (scale {SCALE:g})")
     assert total >= len(EXAMPLES)
-
-
-# In range on a native module without the size checks, but too large to build: these abort the
-# interpreter there (a failed allocation of gigabytes to terabytes), so each runs in a child whose
-# address space may grow by 4 GiB past what importing kadyn (and torch) mapped, and must come back
-# a ValueError.
-OVERSIZED = {
-    "eval_set(seq_len=10**9)": "world.eval_set(seq_len=10**9)",
-    "eval_set(seq_len=MAX_SEQ_LEN+1)": "world.eval_set(seq_len=MAX_SEQ_LEN + 1, max_individuals=1)",
-    "BiographyStream(batch_size=2**24, seq_len=100000)": (
-        "kadyn.BiographyStream(world, batch_size=2**24, seq_len=100000)"
-    ),
-    "BiographyStream(seq_len=MAX_SEQ_LEN+1)": (
-        "kadyn.BiographyStream(world, batch_size=1, seq_len=MAX_SEQ_LEN + 1)"
-    ),
-}
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="caps the child's memory through /proc")
-@pytest.mark.xfail(
-    MAX_SEQ_LEN is None,
-    reason="the native module predates its size checks (no _native.MAX_SEQ_LEN): it aborts",
-    strict=True,
-)
-@pytest.mark.parametrize("call", list(OVERSIZED), ids=list(OVERSIZED))
-def test_oversized_requests_are_refused(call: str) -> None:
-    script = textwrap.dedent(
-        f"""
-        import resource
-        import kadyn
-        with open("/proc/self/status") as status:
-            vm = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize:"))
-        resource.setrlimit(resource.RLIMIT_AS, (vm + (4 << 30), vm + (4 << 30)))
-        # Before the checks: the longest sequence accepted then, i32::MAX.
-        MAX_SEQ_LEN = getattr(kadyn._native, "MAX_SEQ_LEN", 2**31 - 2)
-        world = kadyn.World(n_individuals=1000)
-        try:
-            {OVERSIZED[call]}
-        except ValueError as e:
-            print("ValueError:", e)
-        else:
-            print("accepted")
-        """
-    )
-    child = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert child.returncode == 0, f"exit {child.returncode}: {child.stderr[:1000]}"
-    assert child.stdout.startswith("ValueError:"), child.stdout

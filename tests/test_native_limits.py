@@ -35,6 +35,10 @@ CALLS = {
         r"batch_size must be <= \d+ at seq_len 100000, 6 batches in memory at once .*"
         r"memory limit of .* got 16777216",
     ),
+    "BiographyStream(seq_len=MAX_SEQ_LEN + 1)": (
+        "kadyn.BiographyStream(world, batch_size=1, seq_len=_native.MAX_SEQ_LEN + 1)",
+        r"seq_len must be <= 1048576 \(MAX_SEQ_LEN",
+    ),
     "build_rows(2**22 rows, seq_len=MAX_SEQ_LEN)": (
         "_native.build_rows(world, kadyn.Uniform(), [0] * 2**22, seq_len=_native.MAX_SEQ_LEN)",
         r"rows must be <= \d+ at seq_len 1048576 .*memory limit of",

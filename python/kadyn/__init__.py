@@ -5,12 +5,22 @@ batches, with the trainer and experiments that reproduce "How do language models
 (Zucchet et al., 2025). The native module is private; this package re-exports the public API.
 """
 
-from kadyn._native import Curriculum, PowerLaw, Subset, Uniform, World, __version__
+from kadyn._native import (
+    MAX_SEQ_LEN,
+    Curriculum,
+    PowerLaw,
+    Subset,
+    Uniform,
+    World,
+    __version__,
+    memory_limit,
+)
 from kadyn.dataset import load_dataset
 from kadyn.interop import to_torch
 from kadyn.stream import BiographyStream
 
 __all__ = [
+    "MAX_SEQ_LEN",
     "BiographyStream",
     "Curriculum",
     "PowerLaw",
@@ -19,5 +29,6 @@ __all__ = [
     "World",
     "__version__",
     "load_dataset",
+    "memory_limit",
     "to_torch",
 ]

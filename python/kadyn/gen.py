@@ -1,4 +1,4 @@
-"""`kadyn-gen`: writes a dataset of the stream's rows as Parquet shards (see docs/datasets.md).
+"""`kadyn-gen`: writes a dataset of the stream's rows as Parquet shards (README, "Datasets on disk").
 
 The generator is the Rust `kadyn_gen` crate, linked into the native module; this console script
 only hands it the command line. `python -m kadyn.gen ...` works too.
