@@ -54,9 +54,10 @@ def _fixed_list_values(name: str, column: pa.Array, item: pa.DataType) -> np.nda
     if not (pa.types.is_fixed_size_list(column.type) and column.type.value_type == item):
         raise ValueError(f"column {name!r} must be fixed_size_list<{item}>, got {column.type}")
     width = column.type.list_size
-    # flatten() honours slicing (offset and length) and stays zero-copy; `.values` is the whole
-    # child buffer, which is wrong for any slice, including one that starts at row 0.
-    flat = column.flatten()
+    # `.values` is the whole child array, also for a slice (even one starting at row 0): cut this
+    # slice's items out of it (zero-copy; flatten() does the same through a compute kernel, which
+    # costs more than the rest of to_torch together).
+    flat = column.values.slice(column.offset * width, len(column) * width)
     if flat.null_count:
         raise ValueError(f"column {name!r} holds {flat.null_count} null items; expected none")
     return flat.to_numpy(zero_copy_only=True).reshape(len(column), width)
@@ -126,9 +127,22 @@ def to_torch(batch: Union[pa.RecordBatch, pa.Table]) -> dict[str, torch.Tensor]:
     return out
 
 
+_read_only_warning_spent = False
+
+
 def _shared_tensor(array: np.ndarray) -> torch.Tensor:
-    # Arrow memory is immutable, so numpy marks the view read-only and torch warns that writes
-    # would be undefined; the tensors are inputs, never written to.
+    """torch.from_numpy of a read-only view, without torch's warning about it.
+
+    Arrow memory is immutable, so numpy marks the views read-only and torch warns that writes
+    would be undefined; the tensors are inputs, never written to. torch emits that warning once
+    per process (a C++ warn-once), so only the first conversion needs the catch_warnings()
+    block, which costs more than the conversion itself.
+    """
+    global _read_only_warning_spent
+    if _read_only_warning_spent:
+        return torch.from_numpy(array)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
+        tensor = torch.from_numpy(array)
+    _read_only_warning_spent = not array.flags.writeable
+    return tensor

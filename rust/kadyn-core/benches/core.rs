@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the hot paths under the stream: one sampler draw (uniform, power
 //! law through the alias table, a two-phase curriculum), one rendered biography, and one
-//! 1024-row batch built on a single thread. `cargo bench -p kadyn-core`.
+//! 1024-row batch built on a single thread beside its memory-copy bound. `cargo bench -p
+//! kadyn-core`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -72,14 +73,31 @@ fn render(c: &mut Criterion) {
     });
 }
 
+/// One 1024-row batch built on one thread (the one-thread stream's `build_here`: no pool), beside
+/// its memory-copy bound measured in the same run: the batch's bytes (int32 ids and int8 types,
+/// seq_len each a row, a uint32 and a uint64 a row) copied into freshly allocated buffers, as the
+/// stream hands out fresh buffers. Throughput is in tokens (rows × seq_len), so the ratio of the
+/// two figures is the stream thread's share of the bound.
 fn build(c: &mut Criterion) {
     let world = world();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .expect("a pool");
-    let mut group = c.benchmark_group("build_batch_1024x128");
-    group.throughput(Throughput::Elements(1024));
+    let (rows, seq_len) = (1024usize, 128usize);
+    let tokens = rows * seq_len;
+    let mut group = c.benchmark_group("batch_1024x128_one_thread");
+    group.throughput(Throughput::Elements(tokens as u64));
+    let ids: Vec<i32> = (0..tokens as i32).collect();
+    let types: Vec<i8> = (0..tokens).map(|i| i as i8).collect();
+    let (individual, sample_index): (Vec<u32>, Vec<u64>) =
+        ((0..rows as u32).collect(), (0..rows as u64).collect());
+    group.bench_function("memcopy_fresh_bound", |b| {
+        b.iter(|| {
+            black_box((
+                ids.to_vec(),
+                types.to_vec(),
+                individual.to_vec(),
+                sample_index.to_vec(),
+            ))
+        })
+    });
     for packing in [Packing::Pad, Packing::Pack] {
         let builder = RowBuilder::new(
             world.clone(),
@@ -87,7 +105,7 @@ fn build(c: &mut Criterion) {
                 population: Population::Train,
                 split: Split::Train,
                 packing,
-                seq_len: 128,
+                seq_len,
                 seed: 0,
                 sampling: Curriculum::single(Distribution::PowerLaw { alpha: 0.7 }),
                 facts: Facts::Real,
@@ -97,9 +115,9 @@ fn build(c: &mut Criterion) {
         let mut start = 0u64;
         group.bench_function(BenchmarkId::from_parameter(format!("{packing:?}")), |b| {
             b.iter(|| {
-                let rows: Vec<u64> = (start..start + 1024).collect();
-                start += 1024;
-                black_box(pool.install(|| builder.build(&rows)).unwrap())
+                let batch: Vec<u64> = (start..start + rows as u64).collect();
+                start += rows as u64;
+                black_box(builder.build_here(&batch).unwrap())
             })
         });
     }

@@ -11,6 +11,7 @@ pub mod pools;
 pub mod prefetch;
 pub mod rng;
 pub mod sampler;
+pub mod spans;
 pub mod table;
 pub mod templates;
 pub mod vocab;

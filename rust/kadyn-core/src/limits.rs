@@ -138,6 +138,14 @@ pub fn check_rows(field: &'static str, rows: u64, seq_len: usize, batches: u64) 
 
 /// `vec![value; len]`, but an error naming `field` when the allocator refuses the memory.
 pub fn filled<T: Clone>(field: &'static str, len: usize, value: T) -> Result<Vec<T>> {
+    let mut out = reserved(field, len)?;
+    out.resize(len, value);
+    Ok(out)
+}
+
+/// An empty vector with room for exactly `len` items (to be written once, without a fill
+/// before), or an error naming `field` when the allocator refuses the memory.
+pub fn reserved<T>(field: &'static str, len: usize) -> Result<Vec<T>> {
     let mut out = Vec::new();
     out.try_reserve_exact(len).map_err(|e| {
         KadynError::invalid(
@@ -149,7 +157,6 @@ pub fn filled<T: Clone>(field: &'static str, len: usize, value: T) -> Result<Vec
             ),
         )
     })?;
-    out.resize(len, value);
     Ok(out)
 }
 

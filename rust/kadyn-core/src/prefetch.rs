@@ -59,7 +59,8 @@ impl Schedule {
     }
 }
 
-/// Builds batches `0, 1, 2, ...` of a schedule on a dedicated rayon pool, `depth` ahead.
+/// Builds batches `0, 1, 2, ...` of a schedule on a dedicated rayon pool (on its own thread when
+/// `threads` is 1), `depth` ahead.
 pub struct Prefetcher {
     receiver: Option<Receiver<Result<RecordBatch>>>,
     handle: Option<JoinHandle<()>>,
@@ -86,23 +87,34 @@ impl Prefetcher {
             builder.spec().seq_len,
             depth as u64 + 2,
         )?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("kadyn-build-{i}"))
-            .build()
-            .map_err(|e| {
-                KadynError::invalid(
-                    "threads",
-                    threads,
-                    format!("a pool size the OS allows ({e})"),
-                )
-            })?;
+        // One thread builds on the prefetch thread itself: a pool would add two hand-offs
+        // between threads a batch, which on a loaded machine each wait for a core.
+        let pool = match threads {
+            1 => None,
+            _ => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("kadyn-build-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        KadynError::invalid(
+                            "threads",
+                            threads,
+                            format!("a pool size the OS allows ({e})"),
+                        )
+                    })?,
+            ),
+        };
         let (sender, receiver) = sync_channel(depth);
         let handle = std::thread::Builder::new()
             .name("kadyn-prefetch".into())
             .spawn(move || {
                 for j in 0.. {
-                    let batch = pool.install(|| builder.build(&schedule.rows(j)));
+                    let rows = schedule.rows(j);
+                    let batch = match &pool {
+                        Some(pool) => pool.install(|| builder.build(&rows)),
+                        None => builder.build_here(&rows),
+                    };
                     let failed = batch.is_err();
                     // The consumer dropped the receiver: stop quietly.
                     if sender.send(batch).is_err() || failed {

@@ -32,12 +32,36 @@ pub fn splitmix64(mut z: u64) -> u64 {
 /// Hashes a seed, a domain and counters into one 64-bit key.
 #[inline]
 pub fn key(seed: u64, domain: Domain, counters: &[u64]) -> u64 {
-    let mut h = splitmix64(seed ^ 0x243F_6A88_85A3_08D3);
-    h = splitmix64(h ^ domain as u64);
-    for &c in counters {
-        h = splitmix64(h ^ splitmix64(c));
+    KeyPrefix::new(seed, domain).key(counters)
+}
+
+/// The part of a key fixed by (seed, domain): a stream hashes it once, not once per row (two of
+/// the six SplitMix rounds of a row's key). `prefix.key(c) == key(seed, domain, c)` always.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPrefix(u64);
+
+impl KeyPrefix {
+    pub fn new(seed: u64, domain: Domain) -> Self {
+        KeyPrefix(splitmix64(
+            splitmix64(seed ^ 0x243F_6A88_85A3_08D3) ^ domain as u64,
+        ))
     }
-    h
+
+    #[inline]
+    pub fn key(self, counters: &[u64]) -> u64 {
+        let mut h = self.0;
+        for &c in counters {
+            h = splitmix64(h ^ splitmix64(c));
+        }
+        h
+    }
+
+    #[inline]
+    pub fn rng(self, counters: &[u64]) -> CounterRng {
+        CounterRng {
+            state: self.key(counters),
+        }
+    }
 }
 
 /// A small generator seeded from one key; lives only for the duration of one sample.
@@ -103,6 +127,7 @@ mod tests {
         assert_ne!(base, key(1, Domain::Value, &[5, 6]));
         assert_ne!(base, key(1, Domain::Sample, &[6, 5]));
         assert_ne!(base, key(1, Domain::Sample, &[5]));
+        assert_eq!(base, KeyPrefix::new(1, Domain::Sample).key(&[5, 6]));
     }
 
     #[test]

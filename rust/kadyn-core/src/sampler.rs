@@ -215,7 +215,11 @@ impl Sampler {
     /// The individual (index within the population) of sample `k`.
     #[inline]
     pub fn draw(&self, k: u64, rng: &mut CounterRng) -> u32 {
-        match &self.compiled[self.phase(k)] {
+        let compiled = match self.compiled.as_slice() {
+            [only] => only,
+            phases => &phases[self.phase(k)],
+        };
+        match compiled {
             Compiled::Uniform(n) => rng.below(*n) as u32,
             Compiled::Alias(table) => table.draw(rng),
         }

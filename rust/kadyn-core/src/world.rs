@@ -12,6 +12,7 @@ use crate::attribute::{Attribute, N_ATTRIBUTES};
 use crate::error::{KadynError, Result};
 use crate::pools::{PoolSizes, Pools, MONTHS};
 use crate::rng::{CounterRng, Domain};
+use crate::spans::{Calendar, Sources, SpanTable};
 use crate::templates::{self, Template, TemplateText, TEMPLATES_PER_ATTRIBUTE, TRAIN_TEMPLATES};
 use crate::vocab::{split_words, Vocab, BOS_ID, EOS_ID};
 
@@ -130,6 +131,7 @@ pub struct World {
     tokens: ValueTokens,
     individuals: Vec<Individual>,
     max_biography_tokens: usize,
+    spans: SpanTable,
 }
 
 impl World {
@@ -156,6 +158,19 @@ impl World {
         let templates = templates::tokenize(&template_texts, &vocab)?;
         let tokens = tokenize_values(&pools, &vocab)?;
         let individuals = draw_individuals(&config, &pools, total as usize);
+        let spans = SpanTable::new(&Sources {
+            templates: &templates,
+            values: &tokens.lists,
+            first_names: &tokens.first_names,
+            last_names: &tokens.last_names,
+            days: &tokens.days,
+            months: &tokens.months,
+            years: &tokens.years,
+            calendar: Calendar {
+                days: pools.days,
+                months: pools.months,
+            },
+        })?;
         let mut world = World {
             config,
             pools,
@@ -165,6 +180,7 @@ impl World {
             tokens,
             individuals,
             max_biography_tokens: 0,
+            spans,
         };
         world.max_biography_tokens = world.compute_max_biography_tokens();
         Ok(world)
@@ -189,6 +205,30 @@ impl World {
     /// The longest pad-mode row a biography can need, `<bos>` and `<eos>` included.
     pub fn max_biography_tokens(&self) -> usize {
         self.max_biography_tokens
+    }
+
+    /// The fragments and values as spans, for the batch builder's fast path.
+    pub fn spans(&self) -> &SpanTable {
+        &self.spans
+    }
+
+    /// A lower bound on any biography's tokens, `<bos>` and `<eos>` included.
+    pub fn min_biography_tokens(&self) -> usize {
+        let shortest = |v: &[Vec<u32>]| v.iter().map(Vec::len).min().unwrap_or(0);
+        let mut total = 2;
+        for attr in Attribute::ALL {
+            let template = self.templates[attr as usize]
+                .iter()
+                .map(|t| t.before_name.len() + t.between.len() + t.after_value.len())
+                .min()
+                .unwrap_or(0);
+            let value = match attr {
+                Attribute::BirthDate => 3,
+                _ => shortest(&self.tokens.lists[attr as usize]),
+            };
+            total += template + 3 + value;
+        }
+        total
     }
 
     /// All individuals of all populations, in global index order (train, heldout, new).
@@ -327,13 +367,9 @@ impl World {
         tokens: &mut Vec<u32>,
         attr_types: &mut Vec<i8>,
     ) {
-        let mut order = Attribute::ALL;
-        rng.shuffle(&mut order);
         tokens.push(BOS_ID);
         attr_types.push(-1);
-        for attr in order {
-            let choices = ind.templates_of(attr, split);
-            let template = choices[rng.below(choices.len() as u64) as usize] as usize;
+        for (attr, template) in SentenceDraws::draw(ind, split, rng).sentences() {
             self.render_sentence(ind, attr, template, tokens, attr_types);
         }
         tokens.push(EOS_ID);
@@ -357,6 +393,59 @@ impl World {
             total += template + name + value;
         }
         total
+    }
+}
+
+/// A biography's draws: its sentences' order (a shuffle of the six attributes), then each
+/// sentence's template among the individual's `split` templates. The one place that fixes what a
+/// biography's `rng` decides, for [`World::render_biography`] and the batch builder's span writer
+/// alike. Packed (4 bits an attribute, 8 bits a template) so that drawing stays in registers: a
+/// shuffled array in memory read back whole stalls on store forwarding, in the stream's hottest
+/// loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SentenceDraws {
+    order: u32,
+    templates: u64,
+}
+
+impl SentenceDraws {
+    /// The draws `CounterRng::shuffle` over `Attribute::ALL`, then one `below` per sentence, make.
+    #[inline]
+    pub fn draw(ind: &Individual, split: Split, rng: &mut CounterRng) -> Self {
+        // Attribute i in field i, 4 bits each; Fisher–Yates as `CounterRng::shuffle` does it.
+        let mut order: u32 = 0x54_3210;
+        for i in (1..N_ATTRIBUTES).rev() {
+            let j = rng.below(i as u64 + 1) as u32;
+            let (i, j) = (4 * i as u32, 4 * j);
+            let diff = ((order >> i) ^ (order >> j)) & 0xF;
+            order ^= (diff << i) | (diff << j);
+        }
+        let range = split.range();
+        let mut templates = 0u64;
+        for i in 0..N_ATTRIBUTES {
+            let attr = ((order >> (4 * i)) & 0xF) as usize;
+            let choices = &ind.templates[attr][range.clone()];
+            let template = choices[rng.below(choices.len() as u64) as usize];
+            templates |= (template as u64) << (8 * i);
+        }
+        SentenceDraws { order, templates }
+    }
+
+    /// The attribute id of the `i`-th sentence.
+    #[inline]
+    pub fn attribute(self, i: usize) -> usize {
+        ((self.order >> (4 * i)) & 0xF) as usize
+    }
+
+    /// The template (index among the attribute's 25) of the `i`-th sentence.
+    #[inline]
+    pub fn template(self, i: usize) -> usize {
+        ((self.templates >> (8 * i)) & 0xFF) as usize
+    }
+
+    /// (attribute, template) of each sentence, in order.
+    pub fn sentences(self) -> impl Iterator<Item = (Attribute, usize)> {
+        (0..N_ATTRIBUTES).map(move |i| (Attribute::ALL[self.attribute(i)], self.template(i)))
     }
 }
 
@@ -475,4 +564,76 @@ fn draw_individuals(config: &WorldConfig, pools: &Pools, total: usize) -> Vec<In
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The draws as `render_biography` first made them, on arrays: the shuffle of
+    /// `CounterRng::shuffle`, then one template per sentence.
+    fn reference(ind: &Individual, split: Split, rng: &mut CounterRng) -> Vec<(Attribute, usize)> {
+        let mut order = Attribute::ALL;
+        rng.shuffle(&mut order);
+        order
+            .into_iter()
+            .map(|attr| {
+                let choices = ind.templates_of(attr, split);
+                (
+                    attr,
+                    choices[rng.below(choices.len() as u64) as usize] as usize,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packed_draws_are_the_array_draws() {
+        let world = World::new(WorldConfig {
+            n_individuals: 50,
+            ..Default::default()
+        })
+        .unwrap();
+        for (i, ind) in world.individuals().iter().enumerate() {
+            for split in [Split::Train, Split::Eval] {
+                for k in 0..40u64 {
+                    let mut packed = CounterRng::new(5, Domain::Sample, &[i as u64, k]);
+                    let mut arrays = packed.clone();
+                    let draws = SentenceDraws::draw(ind, split, &mut packed);
+                    assert_eq!(
+                        draws.sentences().collect::<Vec<_>>(),
+                        reference(ind, split, &mut arrays)
+                    );
+                    // Both consumed the same draws: the generators are at the same point.
+                    assert_eq!(packed.next_u64(), arrays.next_u64());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn biography_lengths_lie_within_the_bounds() {
+        let world = World::new(WorldConfig {
+            n_individuals: 200,
+            ..Default::default()
+        })
+        .unwrap();
+        let (min, max) = (world.min_biography_tokens(), world.max_biography_tokens());
+        assert!(2 < min && min < max, "{min} {max}");
+        let (mut tokens, mut types) = (Vec::new(), Vec::new());
+        let mut seen = (usize::MAX, 0);
+        for (i, ind) in world.individuals().iter().enumerate() {
+            for split in [Split::Train, Split::Eval] {
+                tokens.clear();
+                types.clear();
+                let mut rng = CounterRng::new(1, Domain::Sample, &[i as u64]);
+                world.render_biography(ind, split, &mut rng, &mut tokens, &mut types);
+                seen = (seen.0.min(tokens.len()), seen.1.max(tokens.len()));
+            }
+        }
+        assert!(
+            min <= seen.0 && seen.1 <= max,
+            "{seen:?} outside {min}..={max}"
+        );
+    }
 }
