@@ -1,210 +1,191 @@
-"""One CPU training step of kadyn's GPT, A/B variants interleaved; prints time ratios.
+"""A/B comparisons of kadyn's training step, interleaved in one process; prints paired ratios.
 
-    python benches/train_step.py                    # every comparison, tiny preset shape
-    python benches/train_step.py --only loss adamw  # a subset
-    python benches/train_step.py --compile          # also torch.compile (inductor), with compile time
+    python benches/train_step.py                          # every comparison, tiny preset shape
+    python benches/train_step.py --only trim compile      # a subset
+    python benches/train_step.py --shape d64 --steps 200  # the cpu experiment scale's model
 
-The step is the trainer's (`kadyn.train`): forward with targets, backward, grad clip 1.0, AdamW,
-zero_grad. Each comparison builds one model + optimizer per variant from the same seed and runs
-their steps alternately (A, B, A, B, ...) on the same batches, so that whatever else the machine is
-doing falls on both alike; it reports the median step time of each and the ratio A/B (> 1: B is
-faster). Absolute times mean little on a shared machine; the ratios are the result.
+What the trainer runs (`kadyn.train.StepLoss` + `optimizer_step`) is the "new" side of each
+comparison; the "old" side is spelled out here, so it stays measurable after the library has
+moved on. Each comparison builds one step per side from the same seed and runs them alternately
+(A, B, B, A, ...) on the tiny preset's own batches; it prints the median step time of each and the
+median over rounds of A's time / B's time (> 1: B is faster). The machine is shared: the paired
+ratio, not the times, is the result, and its spread between runs says how far to trust it.
 
-Variants are spelled out here rather than toggled in the library, so the "old" side of each
-comparison stays measurable after the library has moved to the "new" one.
+The comparisons, each measured when its change was made:
+- `trim`: the full batch vs trailing all-<pad> columns trimmed (`kadyn.model.trim_padding`);
+- `compile`: eager vs `torch.compile` of the loss (trimmed, dynamic sequence length);
+- `compile-static`: compiled on the full batch (static shapes) vs compiled and trimmed;
+- `int64-ids`: the batch copied to int64 before the step (as before) vs the stream's int32 ids;
+- `loss-formula`: compiled, the loss as `F.cross_entropy` vs as `kadyn.model.next_token_loss`
+  writes it under torch.compile (log-sum-exp minus the one-hot-picked target logit);
+- `clip`: `clip_grad_norm_` vs the same clipping compiled into one graph (not adopted: no gain
+  measurable);
+- `adamw`: foreach AdamW (torch's CPU default, nanoGPT's) vs fused AdamW;
+- `overall`: the step as it was before issue 14 (eager, full batch, int64 ids, clip_grad_norm_)
+  vs the trainer's step now.
+`kadyn-bench train` compares the trainer's step with the nanoGPT-equivalent reference instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from typing import Any, Callable
 
 import torch
 
-import kadyn.model as kmodel
-from kadyn.kernels import attribute_loss
-from kadyn.model import GPT, IGNORE_INDEX, ModelConfig
+import kadyn
+import kadyn.model
+from kadyn.config import TrainConfig, make_config
+from kadyn.kernels.attribute_loss import attribute_loss_only_reference
+from kadyn.model import GPT
+from kadyn.train import (
+    StepLoss,
+    build_scheduler,
+    build_world,
+    make_model_config,
+    param_groups,
+    training_loss,
+)
 
-PAD = 0
+NEXT_TOKEN_LOSS = kadyn.model.next_token_loss
 
-
-def joint_rope_attention_forward(self, x, cos, sin, return_attention=False, pattern=None):
-    """CausalSelfAttention.forward's fast path with queries and keys rotated in one call (tried:
-    the same values, but slower on CPU than two calls)."""
-    assert pattern is None and not return_attention
-    B, T, D = x.shape
-    qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = kmodel.apply_rope(qkv[:2], cos, sin).unbind(0)
-    y = kmodel.attention(q, k, qkv[2], causal=True)
-    return self.proj(y.transpose(1, 2).reshape(B, T, D)), None
-
-
-def old_targets(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    ids = input_ids.long()
-    targets = torch.full_like(ids, IGNORE_INDEX)
-    targets[:, :-1] = ids[:, 1:]
-    targets[targets == pad_id] = IGNORE_INDEX
-    return targets
+SHAPES = {
+    "tiny": {"n_layers": 2, "d_model": 128, "n_heads": 4, "d_mlp": 512},
+    "d64": {"n_layers": 2, "d_model": 64, "n_heads": 2, "d_mlp": 256},
+}
 
 
-def batches(n: int, args: argparse.Namespace, vocab: int) -> list[torch.Tensor]:
-    """int32 rows like the stream's: tokens, then <pad> to seq_len."""
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(1, vocab, (args.batch, args.seq_len), generator=g, dtype=torch.int32)
-        lengths = torch.randint(args.seq_len // 2, args.seq_len + 1, (args.batch, 1), generator=g)
-        ids[torch.arange(args.seq_len) >= lengths] = PAD
-        out.append(ids)
-    return out
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> None:
+    """`clip_grad_norm_`'s arithmetic, written to be compiled into one graph."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef)
 
 
-class Variant:
-    """A model + optimizer + how one step runs; `step(ids)` returns the loss."""
+class Step:
+    """A model, optimizer and schedule, and how one step runs; `step(ids)` returns the loss.
 
-    def __init__(self, args: argparse.Namespace, vocab: int, **opts: Any) -> None:
-        self.opts = opts
-        torch.manual_seed(0)
-        cfg = ModelConfig(
-            vocab_size=vocab,
-            n_layers=args.layers,
-            d_model=args.d_model,
-            n_heads=args.heads,
-            d_mlp=args.d_mlp,
-            max_seq_len=args.seq_len,
-        )
-        self.model = GPT(cfg)
+    opts: trim, compile (bool), long (int64 ids), clip ("eager" or "compiled"), adamw ("fused" or
+    "foreach"), loss ("kadyn" or "cross_entropy"); the defaults are the trainer's."""
+
+    def __init__(self, config: TrainConfig, vocab: int, pad_id: int, **opts: Any) -> None:
+        self.opts = {"trim": True, "compile": True, "long": False, "clip": "eager", **opts}
+        torch.manual_seed(config.seed)
+        self.model = GPT(make_model_config(config, vocab))
         self.model.train()
-        adamw = opts.get("adamw", "default")
-        kw: dict[str, Any] = {}
-        if adamw == "foreach":
-            kw["foreach"] = True
-        elif adamw == "forloop":
-            kw["foreach"] = False
-        elif adamw == "fused":
-            kw["fused"] = True
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, **kw)
-        self.forward: Callable[..., Any] = self.model
-        if opts.get("compile"):
-            self.forward = torch.compile(self.model)
-
-    def loss(self, ids: torch.Tensor) -> torch.Tensor:
-        o = self.opts
-        ids_in = ids.long() if o.get("long", True) else ids
-        targets = old_targets(ids, PAD) if o.get("old_targets", False) else None
-        if targets is None:
-            targets = kmodel.next_token_targets(ids, PAD)
-        if o.get("stats", False):
-            # The old forward: per-token CE and correctness on every step.
-            hidden, _ = self.model.hidden_states(ids_in)
-            B, T, D = hidden.shape
-            return attribute_loss(
-                hidden.reshape(B * T, D), self.model.head_weight, targets.reshape(B * T)
-            )[0]
-        return self.forward(ids_in, targets, token_stats=False).loss
+        adamw = self.opts.get("adamw", "fused")
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, config.weight_decay),
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            **({"fused": True} if adamw == "fused" else {"foreach": True}),
+        )
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.pad_id = pad_id
+        self.params = list(self.model.parameters())
+        compiled = bool(self.opts["compile"])
+        self.loss: Callable[[torch.Tensor], torch.Tensor]
+        if self.opts["trim"]:
+            step_loss = StepLoss(
+                self.model, pad_id, torch.device("cpu"), config.seq_len, compiled=compiled
+            )
+            self.loss = step_loss
+        else:
+            fn = torch.compile(training_loss, dynamic=False) if compiled else training_loss
+            self.loss = lambda ids: fn(self.model, ids, pad_id)
+        self.clip = (
+            torch.compile(clip_gradients, dynamic=False)
+            if self.opts["clip"] == "compiled"
+            else clip_gradients
+        )
 
     def step(self, ids: torch.Tensor) -> float:
-        forward = kmodel.CausalSelfAttention.forward
-        if self.opts.get("joint_rope"):
-            kmodel.CausalSelfAttention.forward = joint_rope_attention_forward  # type: ignore[method-assign]
+        if self.opts.get("loss") == "cross_entropy":
+            # Swapped in for this side's steps only; dynamo guards on the global, so each side
+            # keeps its own compiled graph.
+            kadyn.model.next_token_loss = attribute_loss_only_reference  # type: ignore[assignment]
         try:
-            loss = self.loss(ids)
-            loss.backward()
+            loss = self.loss(ids.long() if self.opts["long"] else ids)
         finally:
-            kmodel.CausalSelfAttention.forward = forward  # type: ignore[method-assign]
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return loss.item()
+            kadyn.model.next_token_loss = NEXT_TOKEN_LOSS
+        loss.backward()
+        if self.opts["clip"] == "eager":
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        else:
+            self.clip(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
 
-def compare(name: str, a: Variant, b: Variant, data: list[torch.Tensor], args) -> float:
-    t0 = time.perf_counter()
-    for ids in data[: args.warmup]:
-        a.step(ids)
-    ta = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for ids in data[: args.warmup]:
-        b.step(ids)
-    tb = time.perf_counter() - t0
-    times: dict[str, list[float]] = {"a": [], "b": []}
-    la = lb = 0.0
+def compare(
+    name: str, a: Step, b: Step, data: list[torch.Tensor], args: argparse.Namespace
+) -> None:
+    warm = []
+    for v in (a, b):
+        start = time.perf_counter()
+        for ids in data[: args.warmup]:
+            v.step(ids)
+        warm.append(time.perf_counter() - start)
+    ta: list[float] = []
+    tb: list[float] = []
     for i in range(args.steps):
         ids = data[(args.warmup + i) % len(data)]
-        for key, v in (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a)):
-            t = time.perf_counter()
-            loss = v.step(ids)
-            times[key].append(time.perf_counter() - t)
-            if key == "a":
-                la = loss
-            else:
-                lb = loss
-    ma, mb = statistics.median(times["a"]), statistics.median(times["b"])
+        for key in "ab" if i % 2 == 0 else "ba":
+            start = time.perf_counter()
+            (a if key == "a" else b).step(ids)
+            (ta if key == "a" else tb).append(time.perf_counter() - start)
+    paired = statistics.median(x / y for x, y in zip(ta, tb))
     print(
-        f"{name:<34} A {ma * 1e3:7.2f} ms  B {mb * 1e3:7.2f} ms  A/B {ma / mb:5.3f}  "
-        f"(warm-up {args.warmup} steps: A {ta:.1f}s, B {tb:.1f}s; last loss A {la:.5f} "
-        f"B {lb:.5f})",
+        f"{name:<16} A {statistics.median(ta) * 1e3:7.1f} ms  B {statistics.median(tb) * 1e3:7.1f}"
+        f" ms  A/B paired {paired:5.3f}  (warm-up {args.warmup} steps: A {warm[0]:.1f} s, "
+        f"B {warm[1]:.1f} s)",
         flush=True,
     )
-    return ma / mb
 
 
-OLD = dict(stats=True, adamw="default", long=True, old_targets=True)
-NEW = dict(stats=False, adamw="fused", long=True, old_targets=False)
-
+OLD = dict(trim=False, compile=False, long=True, clip="eager", loss="cross_entropy")
 COMPARISONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "loss": (dict(stats=True), dict(stats=False)),
-    "adamw": (dict(adamw="default"), dict(adamw="foreach")),
-    "adamw-fused": (dict(adamw="default"), dict(adamw="fused")),
-    "adamw-foreach-vs-fused": (dict(adamw="foreach"), dict(adamw="fused")),
-    "int32-ids": (dict(long=True), dict(long=False)),
-    "targets": (dict(old_targets=True), dict(old_targets=False)),
-    "rope-qk-joint": (dict(joint_rope=False), dict(joint_rope=True)),
-    "overall": (OLD, NEW),
+    "trim": (dict(trim=False, compile=False), dict(trim=True, compile=False)),
+    "compile": (dict(compile=False), dict(compile=True)),
+    "compile-static": (dict(trim=False, compile=True), dict(trim=True, compile=True)),
+    "int64-ids": (dict(compile=False, long=True), dict(compile=False, long=False)),
+    "loss-formula": (dict(loss="cross_entropy"), {}),
+    "clip": (dict(clip="eager"), dict(clip="compiled")),
+    "adamw": (dict(adamw="foreach"), dict(adamw="fused")),
+    "overall": (OLD, {}),
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=60, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=60, help="timed steps per side")
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (compilation)")
     p.add_argument("--only", nargs="*", choices=sorted(COMPARISONS), default=None)
-    p.add_argument("--compile", action="store_true", help="also NEW vs NEW + torch.compile")
-    p.add_argument("--vocab", type=int, default=620)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=100)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--d-mlp", type=int, default=512)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    data = batches(16, args, args.vocab)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # as the trainer on CPU
+    config = dataclasses.replace(make_config("tiny"), **SHAPES[args.shape])
+    world = build_world(config)
+    it = iter(kadyn.BiographyStream(world, batch_size=config.batch_size, seq_len=config.seq_len))
+    data = [kadyn.to_torch(next(it))["input_ids"] for _ in range(16)]
     print(
-        f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} interleaved "
-        f"steps each; A/B > 1 means B is faster"
+        f"torch {torch.__version__}, {args.threads} threads, shape {args.shape}, median of "
+        f"{args.steps} interleaved steps each; A/B > 1 means B is faster"
     )
     for name in args.only if args.only is not None else list(COMPARISONS):
         a_opts, b_opts = COMPARISONS[name]
-        compare(
-            name,
-            Variant(args, args.vocab, **a_opts),
-            Variant(args, args.vocab, **b_opts),
-            data,
-            args,
-        )
-    if args.compile:
-        compare(
-            "compile (NEW vs NEW+compile)",
-            Variant(args, args.vocab, **NEW),
-            Variant(args, args.vocab, **NEW, compile=True),
-            data,
-            args,
-        )
+        a = Step(config, world.vocab_size, world.pad_id, **a_opts)
+        b = Step(config, world.vocab_size, world.pad_id, **b_opts)
+        compare(name, a, b, data, args)
 
 
 if __name__ == "__main__":

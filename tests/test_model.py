@@ -1,4 +1,5 @@
-"""The transformer (kadyn.model): fast vs slow path, attention read-out/patching, heads, RoPE."""
+"""The transformer (kadyn.model): fast vs slow path, attention read-out/patching, heads, RoPE,
+and the training step's inputs (int32 ids, trimmed padding)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kadyn.model import (
     apply_rope,
     next_token_targets,
     rope_tables,
+    trim_padding,
 )
 
 V, T = 50, 12
@@ -150,6 +152,59 @@ def test_rope_depends_only_on_relative_position() -> None:
 def test_next_token_targets_ignore_pad_and_last() -> None:
     ids = torch.tensor([[1, 5, 6, 2, 0, 0]])
     assert next_token_targets(ids, pad_id=0).tolist() == [[5, 6, 2, -100, -100, -100]]
+
+
+def test_int32_ids_give_the_int64_result() -> None:
+    # The stream's batches are int32 and the training step no longer copies them to int64.
+    model = small()
+    ids = batch()
+    targets = next_token_targets(ids, 0)
+    wide = model(ids.long(), targets, token_stats=False).loss
+    narrow = model(ids.int(), targets, token_stats=False).loss
+    assert narrow.item() == wide.item()
+
+
+def padded(seed: int = 3) -> torch.Tensor:
+    """int32 rows of 3..T-2 tokens, <pad> (0) after them: the stream's layout."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, V, (4, T), generator=g, dtype=torch.int32)
+    lengths = torch.tensor([[3], [T - 2], [5], [4]])
+    ids[torch.arange(T) >= lengths] = 0
+    return ids
+
+
+def test_trim_padding_drops_only_all_pad_columns() -> None:
+    ids = padded()  # the longest row has T - 2 = 10 tokens
+    assert trim_padding(ids, 0, multiple=1).shape == (4, T - 2)
+    assert torch.equal(trim_padding(ids, 0, multiple=1), ids[:, : T - 2])
+    assert trim_padding(ids, 0, multiple=4).shape == (4, 12)  # 10 rounded up to 12 = T: whole
+    assert trim_padding(ids, 0, multiple=4) is ids
+    short = ids.clone()
+    short[1, 5:] = 0  # now the longest row has 5 tokens
+    assert trim_padding(short, 0, multiple=1).shape == (4, 5)
+    assert trim_padding(short, 0, multiple=4).shape == (4, 8)
+    assert trim_padding(torch.zeros(2, T, dtype=torch.int32), 0, multiple=4).shape == (2, 4)
+    full = torch.randint(3, V, (2, T))
+    assert trim_padding(full, 0) is full
+
+
+@pytest.mark.parametrize("token_stats", [False, True])
+def test_trimmed_batch_has_the_full_batchs_loss_and_gradients(token_stats: bool) -> None:
+    ids = padded()
+    ids[1, 6:] = 0  # longest row: 6 tokens, so half the columns are all <pad>
+    trimmed = trim_padding(ids, 0, multiple=1)
+    assert trimmed.shape[1] == 6
+    grads = []
+    losses = []
+    for x in (ids, trimmed):
+        model = small()
+        loss = model(x, next_token_targets(x, 0), token_stats=token_stats).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, rtol=1e-5, atol=1e-7), name
 
 
 def test_too_long_input_is_refused() -> None:

@@ -14,16 +14,30 @@ run on the same machine.
 Tokens are token positions (rows × seq_len, `<pad>` included), as a trainer consumes them.
 
     kadyn-bench [--seconds 3] [--quick] [--memory] [--json results.json]
+
+`kadyn-bench train` measures the trainer instead: one training step of `kadyn-train` (the
+`kadyn.train` step: padding trimmed, loss only, backward, clip, fused AdamW, lr schedule) against
+the nanoGPT-equivalent plain PyTorch step of `benches/nanogpt_reference.py` at the same shape
+(eager with `F.scaled_dot_product_attention`, as nanoGPT runs), each also under `torch.compile`,
+on the same tiny-preset batches. The four steps run interleaved (one step of each per round, the
+order rotating), so whatever else the machine does falls on all alike; each gets the median step
+time, tokens/s and its ratio to the eager reference. Shapes: `tiny` (the default run's: 2 layers,
+d_model 128, 4 heads, MLP 512) and `d64` (the cpu experiment scale's: d_model 64, 2 heads, MLP
+256), batch 32 × 100 tokens. CPU always, CUDA too when present.
+
+    kadyn-bench train [--threads 2] [--steps 40] [--shapes tiny d64] [--json train.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import importlib.util
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -33,9 +47,20 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 import kadyn
 from kadyn import _native
+from kadyn.config import TrainConfig, make_config
+from kadyn.model import GPT
+from kadyn.train import (
+    StepLoss,
+    build_optimizer,
+    build_scheduler,
+    build_world,
+    make_model_config,
+    optimizer_step,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,19 +93,26 @@ def timed(step: Callable[[], int], seconds: float) -> tuple[float, int]:
             return rows / elapsed, rows
 
 
-def load_baseline(path: Optional[str]) -> Optional[types.ModuleType]:
-    # The baseline lives in the repository's benches/, not in the wheel: look beside the source
-    # tree (editable installs) and in the working directory (a checkout, as in CI).
+def load_bench_module(name: str, path: Optional[str]) -> Optional[types.ModuleType]:
+    """`benches/<name>.py`, or the file at `path`; None if not found."""
+    # benches/ is part of the repository, not of the wheel: look beside the source tree
+    # (editable installs) and in the working directory (a checkout, as in CI).
     places = [Path(path)] if path else [ROOT, Path.cwd()]
-    found = [p if p.suffix == ".py" else p / "benches" / "python_baseline.py" for p in places]
+    found = [p if p.suffix == ".py" else p / "benches" / f"{name}.py" for p in places]
     candidate = next((c for c in found if c.is_file()), None)
     if candidate is None:
         return None
-    spec = importlib.util.spec_from_file_location("python_baseline", candidate)
+    spec = importlib.util.spec_from_file_location(name, candidate)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: dataclasses look their module up in sys.modules.
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_baseline(path: Optional[str]) -> Optional[types.ModuleType]:
+    return load_bench_module("python_baseline", path)
 
 
 def samplers(n_individuals: int, warmup_samples: int) -> dict[str, kadyn._native._Sampling]:
@@ -240,6 +272,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return train_main(argv[1:])
     args = parse_args(argv)
     world = kadyn.World(n_individuals=args.individuals)
     b, t, s = args.batch, args.seq_len, args.seconds
@@ -344,6 +379,212 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{m['rss_before_mb']:.0f} MB before, {m['rss_after_mb']:.0f} MB after "
             f"(peak {m['peak_rss_mb']:.0f} MB)"
         )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# kadyn-bench train: the trainer's step against the plain PyTorch reference
+
+TRAIN_SHAPES: dict[str, dict[str, int]] = {
+    # The default run (the tiny preset).
+    "tiny": {"n_layers": 2, "d_model": 128, "n_heads": 4, "d_mlp": 512},
+    # The cpu experiment scale's model (kadyn.experiments.scales.CPU).
+    "d64": {"n_layers": 2, "d_model": 64, "n_heads": 2, "d_mlp": 256},
+}
+# The eager reference first: every ratio is to it.
+TRAIN_VARIANTS = ("reference", "reference compiled", "kadyn", "kadyn compiled")
+
+
+class KadynStep:
+    """`kadyn-train`'s step, built from the trainer's own functions."""
+
+    def __init__(
+        self, config: TrainConfig, vocab: int, pad_id: int, device: torch.device, compiled: bool
+    ) -> None:
+        torch.manual_seed(config.seed)
+        self.model = GPT(make_model_config(config, vocab)).to(device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, config, device)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.loss = StepLoss(self.model, pad_id, device, config.seq_len, compiled=compiled)
+        self.grad_clip = config.grad_clip
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(input_ids)
+        loss.backward()
+        optimizer_step(self.model, self.optimizer, self.scheduler, self.grad_clip)
+        return loss.detach()
+
+
+def train_steps(
+    reference: types.ModuleType,
+    config: TrainConfig,
+    vocab: int,
+    pad_id: int,
+    device: torch.device,
+    variants: tuple[str, ...],
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    steps: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for name in variants:
+        compiled = name.endswith("compiled")
+        if name.startswith("kadyn"):
+            steps[name] = KadynStep(config, vocab, pad_id, device, compiled)
+        else:
+            torch.manual_seed(config.seed)
+            shape = reference.ReferenceConfig(
+                vocab_size=vocab,
+                block_size=config.seq_len,
+                n_layer=config.n_layers,
+                n_head=config.n_heads,
+                n_embd=config.d_model,
+                d_mlp=config.d_mlp,
+            )
+            steps[name] = reference.ReferenceStep(
+                shape,
+                device,
+                pad_id,
+                compile=compiled,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                grad_clip=config.grad_clip,
+            )
+    return steps
+
+
+def time_interleaved(
+    steps: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    batches: list[torch.Tensor],
+    n_steps: int,
+    warmup: int,
+    sync: Callable[[], None],
+) -> dict[str, dict[str, float]]:
+    """Warm-up (compilation included) for each step alone, then `n_steps` rounds of one step of
+    each, the order rotating by one every round: median seconds per step, and the median over
+    rounds of the first step's time over each one's (a paired ratio: load that changes from one
+    second to the next falls on both sides of each ratio)."""
+    names = list(steps)
+    out: dict[str, dict[str, float]] = {}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        for i in range(warmup):
+            loss = step(batches[i % len(batches)])
+        sync()
+        out[name] = {"warmup_s": time.perf_counter() - start, "warmup_loss": float(loss)}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(n_steps):
+        batch = batches[(warmup + i) % len(batches)]
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            steps[name](batch)
+            sync()
+            times[name].append(time.perf_counter() - start)
+    first = times[names[0]]
+    for name in names:
+        out[name]["step_s"] = statistics.median(times[name])
+        out[name]["paired_ratio"] = statistics.median(a / b for a, b in zip(first, times[name]))
+    return out
+
+
+def train_parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="kadyn-bench train",
+        description="kadyn-train's step against a nanoGPT-equivalent plain PyTorch step, "
+        "interleaved in one process.",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    p.add_argument("--steps", type=int, default=40, help="timed steps of each variant")
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (compilation)")
+    p.add_argument("--shapes", nargs="+", choices=sorted(TRAIN_SHAPES), default=list(TRAIN_SHAPES))
+    p.add_argument(
+        "--device",
+        choices=("all", "cpu", "cuda"),
+        default="all",
+        help="all: CPU, and CUDA when present",
+    )
+    p.add_argument("--no-compile", action="store_true", help="only the eager variants")
+    p.add_argument("--reference", help="path of nanogpt_reference.py (default: benches/)")
+    p.add_argument("--quick", action="store_true", help="a few steps (tests)")
+    p.add_argument("--json", help="write every figure to this JSON file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup = 2, 1
+    return args
+
+
+def train_main(argv: list[str]) -> int:
+    args = train_parse_args(argv)
+    reference = load_bench_module("nanogpt_reference", args.reference)
+    if reference is None:
+        print(
+            "kadyn-bench train: benches/nanogpt_reference.py not found (pass --reference)",
+            file=sys.stderr,
+        )
+        return 2
+    devices = ["cpu"] if args.device in ("all", "cpu") else []
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        devices.append("cuda")
+    variants = tuple(v for v in TRAIN_VARIANTS if not (args.no_compile and "compiled" in v))
+    torch.set_num_threads(args.threads)
+    # As the trainer runs on CPU (kadyn.runtime): deterministic kernels.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    base = make_config("tiny")
+    world = build_world(base)
+    stream = kadyn.BiographyStream(
+        world, batch_size=base.batch_size, seq_len=base.seq_len, seed=base.seed
+    )
+    it = iter(stream)
+    batches = [kadyn.to_torch(next(it))["input_ids"] for _ in range(16)]
+    tokens = base.batch_size * base.seq_len
+    result: dict[str, Any] = {
+        "config": {
+            "threads": args.threads,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "batch": base.batch_size,
+            "seq_len": base.seq_len,
+            "vocab": world.vocab_size,
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+        },
+        "runs": [],
+    }
+    print(
+        f"kadyn-bench train: batch {base.batch_size} x {base.seq_len} tokens, vocab "
+        f"{world.vocab_size}, torch {torch.__version__}, {args.threads} threads on CPU; median of "
+        f"{args.steps} interleaved steps each, after {args.warmup} warm-up steps"
+    )
+    header = ("device", "shape", "step", "ms/step", "tokens/s", "÷ reference", "warm-up s")
+    print("{:<6} {:<6} {:<20} {:>9} {:>10} {:>12} {:>10}".format(*header))
+    for device_name in devices:
+        device = torch.device(device_name)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        for shape in args.shapes:
+            config = dataclasses.replace(base, **TRAIN_SHAPES[shape])
+            steps = train_steps(reference, config, world.vocab_size, world.pad_id, device, variants)
+            timed_steps = time_interleaved(steps, batches, args.steps, args.warmup, sync)
+            for name, t in timed_steps.items():
+                entry = {
+                    "device": device_name,
+                    "shape": shape,
+                    **TRAIN_SHAPES[shape],
+                    "step": name,
+                    "step_ms": t["step_s"] * 1e3,
+                    "tokens_per_s": tokens / t["step_s"],
+                    # Median over rounds of reference time / this step's time (1 for the
+                    # reference itself): the figure to read, robust to a load that varies.
+                    "ratio_to_reference": t["paired_ratio"],
+                    "warmup_s": t["warmup_s"],
+                }
+                result["runs"].append(entry)
+                print(
+                    f"{device_name:<6} {shape:<6} {name:<20} {entry['step_ms']:9.1f} "
+                    f"{entry['tokens_per_s']:10,.0f} {entry['ratio_to_reference']:11.2f}x "
+                    f"{entry['warmup_s']:10.1f}",
+                    flush=True,
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

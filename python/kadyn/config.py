@@ -63,7 +63,13 @@ class TrainConfig:
         "keep training after a non-finite loss (metrics record it as null) instead of stopping",
         "run",
     )
-    compile: bool = _f(False, "torch.compile the model (CUDA)", "run")
+    compile: bool = _f(
+        True,
+        "torch.compile the training step (inductor; on CPU it needs a C++ compiler): the tiny "
+        "preset's steps ~1.4x faster for ~1 min of compiling; runs shorter than "
+        "kadyn.train.COMPILE_MIN_STEPS steps stay eager",
+        "run",
+    )
     twin: str = _f(
         "",
         "finished --control run(s), comma-separated: drawn beside this run, and the phases are "

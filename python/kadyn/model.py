@@ -5,7 +5,9 @@ final RMSNorm and an output head tied to the token embedding or not. Two compute
 
 - the fast path (training, evaluation) calls `kadyn.kernels.attention` and applies the head with
   `kadyn.kernels.attribute_loss`, which on CUDA never materialises the (tokens x vocab) logits and
-  returns per-token cross-entropy and correctness for the knowledge metrics in the same pass;
+  returns per-token cross-entropy and correctness for the knowledge metrics in the same pass; the
+  training step asks for the loss alone (`token_stats=False`), which off CUDA is a plain summed
+  `F.cross_entropy` that `torch.compile` traces into one graph with the rest of the model;
 - an explicit slow path computes softmax(QK^T / sqrt(d)) itself, so that attention patterns can be
   read out (`return_attention=True`) or replaced per layer (`attention_override={layer: p}`), as the
   attention-patching experiment needs (paper, App. D.1).
@@ -22,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kadyn.kernels import attention, attribute_loss
+from kadyn.kernels.attribute_loss import attribute_loss_only_reference
 
 IGNORE_INDEX = -100
 
@@ -229,17 +232,19 @@ class GPT(nn.Module):
         token_stats=False (the training step) computes the loss alone: token_ce and token_correct
         are then None, and on CPU neither they nor the argmax are computed.
         """
-        hidden, patterns = self.hidden_states(
-            input_ids.long(), return_attention, attention_override
-        )
+        # int32 ids (the stream's) index the embedding as they are: no int64 copy of the batch.
+        hidden, patterns = self.hidden_states(input_ids, return_attention, attention_override)
         if targets is None:
             return GPTOutput(None, None, None, hidden, patterns)
         B, T, D = hidden.shape
+        flat_targets = targets.reshape(B * T).long()
+        if not token_stats and hidden.device.type != "cuda":
+            # What attribute_loss(..., token_stats=False) computes off CUDA, without its checks
+            # and dispatch (the training step's inputs are the model's own).
+            loss = next_token_loss(hidden.reshape(B * T, D), self.head_weight, flat_targets)
+            return GPTOutput(loss, None, None, hidden, patterns)
         loss, token_ce, token_correct = attribute_loss(
-            hidden.reshape(B * T, D),
-            self.head_weight,
-            targets.reshape(B * T).long(),
-            token_stats=token_stats,
+            hidden.reshape(B * T, D), self.head_weight, flat_targets, token_stats=token_stats
         )
         if token_ce is None or token_correct is None:
             return GPTOutput(loss, None, None, hidden, patterns)
@@ -267,6 +272,42 @@ class GPT(nn.Module):
             if eos_id >= 0 and bool((next_id == eos_id).all()):
                 break
         return out
+
+
+def next_token_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` (tokens, vocab) against `targets` (tokens,),
+    IGNORE_INDEX ignored: the training step's loss off CUDA (`attribute_loss`'s torch backend
+    with token_stats=False)."""
+    if not torch.compiler.is_compiling():
+        return attribute_loss_only_reference(hidden, weight, targets)
+    # Compiled: the same quantity as log-sum-exp minus the target's logit, picked by a one-hot
+    # mask. Inductor then makes d(loss)/d(logits) in one pass over the logits; from
+    # F.cross_entropy it also sums nll_loss's one-hot gradient over the vocabulary first, a second
+    # full pass (a step 2-3% slower at d_model 64, benches/train_step.py).
+    logits = F.linear(hidden, weight).float()
+    valid = targets != IGNORE_INDEX
+    picked = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
+    target_logit = torch.where(picked, logits, 0.0).sum(dim=1)
+    token_ce = torch.where(valid, torch.logsumexp(logits, dim=1) - target_logit, 0.0)
+    return token_ce.sum() / valid.sum().clamp(min=1)
+
+
+def trim_padding(input_ids: torch.Tensor, pad_id: int, multiple: int = 8) -> torch.Tensor:
+    """The batch without its trailing columns that are <pad> in every row, the length rounded up
+    to a multiple of `multiple` (or all columns there are).
+
+    Those positions predict nothing (their targets, and the last kept position's, are <pad>, so
+    ignored) and, attention being causal, change nothing before them: the loss and its gradients
+    are those of the full batch, computed on fewer positions. Biographies fill about two thirds of
+    the tiny preset's 100 tokens and the longest of 32 rows about 80. Rounding keeps the number of
+    distinct shapes small (each is one compilation of a compiled step). Reads the tensor's values:
+    call it on the CPU batch, before it moves to an accelerator (no device sync)."""
+    used = (input_ids != pad_id).any(dim=0).nonzero()
+    length = int(used[-1]) + 1 if used.numel() else 1
+    length = min(input_ids.shape[1], -(-length // multiple) * multiple)
+    return input_ids if length == input_ids.shape[1] else input_ids[:, :length].contiguous()
 
 
 def next_token_targets(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:

@@ -31,7 +31,9 @@ import contextlib
 import dataclasses
 import errno
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -66,7 +68,7 @@ from kadyn.evaluation import (
     read_metrics,
 )
 from kadyn.fileio import atomic_write, atomic_write_text
-from kadyn.model import GPT, ModelConfig, next_token_targets
+from kadyn.model import GPT, ModelConfig, next_token_targets, trim_padding
 from kadyn.phases import Phases, band_sensitivity, detect_phases
 from kadyn.plots import plot_curves
 from kadyn.runlock import LOCK_NAME, DirectoryInUse, DirectoryLock
@@ -335,6 +337,157 @@ def lr_factor(step: int, steps: int, min_ratio: float, constant: bool) -> float:
         return 1.0
     progress = min(step, steps) / steps
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
+    return ModelConfig(
+        vocab_size=vocab_size,
+        n_layers=config.n_layers,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        d_mlp=config.d_mlp,
+        max_seq_len=config.seq_len,
+        tie_embeddings=config.tie_embeddings,
+        rope_base=config.rope_base,
+    )
+
+
+def build_optimizer(model: GPT, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        param_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
+        # One kernel per parameter tensor instead of a dozen elementwise ops; on CPU from torch 2.4.
+        fused=device.type == "cuda" or _TORCH_VERSION >= (2, 4),
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        partial(
+            lr_factor,
+            steps=config.steps,
+            min_ratio=config.min_lr_ratio,
+            constant=config.constant_lr,
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The training step
+
+# Runs shorter than this stay eager even with --compile: each trimmed length compiles once, which
+# with a cold inductor cache (~/.cache or $TORCHINDUCTOR_CACHE_DIR) costs tens of seconds of a
+# 2-core CPU (seconds with a warm one), against ~20 ms saved per tiny-preset step (`kadyn-bench
+# train` prints both), so fewer steps would not pay it back. Tests and smoke-scale experiments are
+# such runs. The rule reads --steps, not the steps left, so a resumed run computes as the run it
+# continues.
+COMPILE_MIN_STEPS = 500
+# Trimmed batches are a multiple of this long: with compiled steps, each length is a compilation.
+TRIM_MULTIPLE = 8
+
+
+def training_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    pad_id: int,
+    attention_override: Optional[dict[int, torch.Tensor]] = None,
+) -> torch.Tensor:
+    """The step's forward: mean next-token cross-entropy over the non-<pad> targets. Loss only:
+    per-token cross-entropy and correctness are the evaluation's, not computed here."""
+    with autocast(input_ids.device):
+        return model(
+            input_ids,
+            next_token_targets(input_ids, pad_id),
+            attention_override=attention_override,
+            token_stats=False,
+        ).loss
+
+
+def cpp_compiler() -> Optional[str]:
+    """The C++ compiler inductor builds CPU kernels with (its default: $CXX, else g++ or, on
+    macOS, clang++), if it is installed."""
+    return shutil.which(os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++"))
+
+
+def eager_reason(config: TrainConfig, device: torch.device, patching: bool) -> Optional[str]:
+    """Why the training step runs eager; None when it is compiled."""
+    if not config.compile:
+        return "--no-compile"
+    if patching:
+        return "attention patching (its override path is not compiled)"
+    if config.steps < COMPILE_MIN_STEPS:
+        return f"--steps {config.steps} < {COMPILE_MIN_STEPS}: too short to pay back compiling"
+    if device.type == "cpu" and cpp_compiler() is None:
+        return "no C++ compiler for inductor (set CXX, or install g++)"
+    return None
+
+
+class StepLoss:
+    """The loss of one training step, from the stream's CPU batch: trailing all-<pad> columns
+    trimmed (`trim_padding`: the same loss and gradients, from fewer positions), moved to the
+    device, then `training_loss`, compiled or eager.
+
+    Compiled: `torch.compile` (inductor) of `training_loss`, one graph for the forward and loss and
+    one for their backward, with static shapes: each trimmed length (a multiple of TRIM_MULTIPLE;
+    three or four of them in a tiny-preset run) is compiled once. Static code depends only on the
+    shapes, so it is the same in a run and in the run resuming it: compiled runs are deterministic
+    for a given device, thread count and torch version, and resume exactly. Their numbers differ
+    from an eager run's by float rounding (other fusions), which is why a run's --compile is part
+    of what it computes (tests/test_compile.py)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_id: int,
+        device: torch.device,
+        seq_len: int,
+        compiled: bool,
+    ) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self.device = device
+        self.compiled = compiled
+        self._loss: Callable[..., torch.Tensor] = training_loss
+        if compiled:
+            # Every length must stay compiled: past dynamo's recompile limit (8 per function) a
+            # new shape would run eager, and a resumed run, counting afresh, would not. Room for
+            # every length of a few model shapes in one process (experiments, benchmarks).
+            # (torch < 2.6 calls the limit cache_size_limit.)
+            lengths = -(-seq_len // TRIM_MULTIPLE)
+            dynamo = torch._dynamo.config
+            name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo, name, max(getattr(dynamo, name), 4 * lengths))
+            # `deterministic`: no on-device benchmarking (CUDA autotuning), which can pick kernels,
+            # and so roundings, by timing.
+            inductor = torch._inductor.config
+            options = {"deterministic": True} if hasattr(inductor, "deterministic") else {}
+            self._loss = torch.compile(training_loss, dynamic=False, options=options)
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_source: Optional[AttentionSource] = None
+    ) -> torch.Tensor:
+        ids = trim_padding(input_ids, self.pad_id, TRIM_MULTIPLE)
+        ids = ids.to(self.device, non_blocking=True)
+        override = attention_source(ids) if attention_source is not None else None
+        return self._loss(self.model, ids, self.pad_id, override)
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+) -> None:
+    """After backward: clip, step, advance the lr schedule, drop the gradients."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -643,33 +796,10 @@ def _train(
     # --- model and optimizer ---
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    model_config = ModelConfig(
-        vocab_size=world.vocab_size,
-        n_layers=config.n_layers,
-        d_model=config.d_model,
-        n_heads=config.n_heads,
-        d_mlp=config.d_mlp,
-        max_seq_len=config.seq_len,
-        tie_embeddings=config.tie_embeddings,
-        rope_base=config.rope_base,
-    )
+    model_config = make_model_config(config, world.vocab_size)
     model = GPT(model_config).to(device)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, config.weight_decay),
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        # One kernel per parameter tensor instead of a dozen elementwise ops; on CPU from torch 2.4.
-        fused=device.type == "cuda" or _TORCH_VERSION >= (2, 4),
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        partial(
-            lr_factor,
-            steps=config.steps,
-            min_ratio=config.min_lr_ratio,
-            constant=config.constant_lr,
-        ),
-    )
+    optimizer = build_optimizer(model, config, device)
+    scheduler = build_scheduler(optimizer, config)
     # Everything a checkpoint holds besides the plain extras (rng, config, model_config).
     states: dict[str, Stateful] = {
         "model": model,
@@ -729,8 +859,9 @@ def _train(
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if config.compile:
-        model = torch.compile(model)
+    why_eager = eager_reason(config, device, patching=attention_source is not None)
+    step_loss = StepLoss(model, world.pad_id, device, config.seq_len, compiled=why_eager is None)
+    log("step: " + ("torch.compile (inductor)" if why_eager is None else f"eager, {why_eager}"))
 
     flops_per_step = raw_model.flops_per_token(config.seq_len) * config.batch_size * config.seq_len
     peak = config.peak_tflops * 1e12 * runtime.world_size if device.type == "cuda" else 0.0
@@ -762,21 +893,9 @@ def _train(
         batch = next(data)
         if state.exposures is not None:
             state.add_exposures(batch["exposed"])
-        ids = batch["input_ids"].to(device, non_blocking=True).long()
-        override = attention_source(ids) if attention_source is not None else None
-        with autocast(device):
-            loss = model(
-                ids,
-                next_token_targets(ids, world.pad_id),
-                attention_override=override,
-                token_stats=False,
-            ).loss
+        loss = step_loss(batch["input_ids"], attention_source)
         loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(raw_model, optimizer, scheduler, config.grad_clip)
         state.step += 1
         state.add_train_loss(loss)
         steps_timed += 1

@@ -72,6 +72,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         type=options.int_range(1, 256),
         help="torch threads per run (default: the scale's, else cores // jobs)",
     )
+    stack = parser.add_mutually_exclusive_group()
+    stack.add_argument(
+        "--stack",
+        type=options.int_range(1, 64),
+        help="train up to this many runs of one model shape as one stacked model per worker "
+        "(kadyn.stacked; default: the scale's, 1 on smoke and cpu, 4 on gpu)",
+    )
+    stack.add_argument(
+        "--no-stack",
+        dest="stack",
+        action="store_const",
+        const=1,
+        help="train every run alone (its solo numbers bit for bit; same as --stack 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -119,6 +133,7 @@ def _context(out: Path, scale_name: str, args: argparse.Namespace) -> Context:
         jobs=jobs,
         threads=args.threads or scale.threads_per_run,
         progress=not args.no_progress,
+        stack=args.stack or scale.stack,
     )
 
 
@@ -276,6 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 # Each study's own defaults (its scale plan), plus the shared options.
                 study_args = study_parsers[name].parse_args(common)
                 study_args.jobs, study_args.threads = args.jobs, args.threads
+                study_args.stack = args.stack
                 study_args.no_progress = args.no_progress
                 failures += run_study(study, study_args, out)
                 write_report(out, reanalyze=[name])  # a readable report after every study

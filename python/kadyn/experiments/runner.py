@@ -12,6 +12,18 @@ changes what the run computes, so a changed scale or option never reuses a stale
 Runs execute in this process when `jobs == 1` (no interpreter start-up, and tests can count
 calls), else in a spawn-context process pool: fork after torch has started threads can deadlock.
 Each run's trainer log goes to `train.log` in its directory, so parallel runs do not interleave.
+
+Stacking (`stack` > 1, `kadyn-exp --stack K`; `--no-stack` is K = 1): runs that may share one
+stacked model (`kadyn.stacked`: same model shape, batch, steps and lr schedule; any seed, N,
+sampling...) are trained up to K at a time in one worker, each member still writing its own
+directory and result.json as a solo run would. Runs patched from a reference checkpoint
+(`patch_checkpoint`) train solo: the stack has no attention override. A killed group restarts from
+its members' checkpoints: members whose checkpoints stand at one step stack again, a member
+alone at its step resumes solo (a member's checkpoint is a solo run's). A member that fails
+fails alone; should the stack fail as a whole (a damaged checkpoint, say), its members train solo
+from what it saved, each failing or not on its own. A stacked member equals its solo run up to
+float rounding, not bit for bit: `--no-stack` for runs that must repeat a solo run's numbers
+exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import concurrent.futures as cf
 import contextlib
 import ctypes
 import fcntl
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -31,11 +44,14 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from tqdm import tqdm
 
 from kadyn.fileio import atomic_write_text
+
+if TYPE_CHECKING:  # kadyn.config at run time only: keeps `kadyn-exp --help` light
+    from kadyn.config import TrainConfig
 
 RESULT = "result.json"
 LOG = "train.log"
@@ -150,6 +166,25 @@ def _attention_source(spec: RunSpec, out: Path, device_name: str) -> Callable[[A
     return source
 
 
+def spec_config(
+    spec: RunSpec, out: Path, run_dir: Path, threads: int, resume: bool = False
+) -> TrainConfig:
+    """The trainer config of `spec`'s run in `run_dir` (checkpoint paths resolved under OUT)."""
+    from kadyn.config import make_config
+
+    overrides = dict(spec.overrides)
+    if overrides.get("init_checkpoint"):
+        overrides["init_checkpoint"] = str(out / overrides["init_checkpoint"])
+    return make_config(
+        spec.preset,
+        **overrides,
+        out=str(run_dir),
+        resume=resume,
+        progress=False,
+        threads=threads,
+    )
+
+
 def execute(spec: RunSpec, out: str, threads: int) -> dict[str, Any]:
     """Train (or resume) one run to completion and write its result.json; returns the summary.
 
@@ -169,30 +204,21 @@ def execute(spec: RunSpec, out: str, threads: int) -> dict[str, Any]:
         return _execute_locked(spec, run_dir, Path(out), threads)
 
 
-def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> dict[str, Any]:
-    from kadyn.checkpoint import checkpoint_path, save_checkpoint
-    from kadyn.config import make_config
-    from kadyn.train import train
+def _prepare_dir(run_dir: Path) -> bool:
+    """Whether the run resumes from its checkpoint; one killed before its first checkpoint is
+    wiped (nothing to resume)."""
+    from kadyn.checkpoint import checkpoint_path
 
-    done = run_dir / RESULT
-    if done.exists():  # finished by another process between the first check and the lock
-        return json.loads(done.read_text())
     resume = checkpoint_path(run_dir).exists()
     if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing to resume
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    overrides = dict(spec.overrides)
-    if overrides.get("init_checkpoint"):
-        overrides["init_checkpoint"] = str(out / overrides["init_checkpoint"])
-    config = make_config(
-        spec.preset,
-        **overrides,
-        out=str(run_dir),
-        resume=resume,
-        progress=False,
-        threads=threads,
-    )
-    stopped = False
+    return resume
+
+
+def _eval_hook(spec: RunSpec, run_dir: Path) -> Callable[[int, dict, Any], None]:
+    """The trainer's on_eval for `spec`: snapshots, and the early stops (raising _StopRun)."""
+    from kadyn.checkpoint import save_checkpoint
 
     def on_eval(step: int, record: dict, model: Any) -> None:
         if spec.snapshot_models:
@@ -207,28 +233,205 @@ def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> di
         if spec.stop_at_step is not None and step >= spec.stop_at_step:
             raise _StopRun
 
+    return on_eval
+
+
+def _write_result(
+    spec: RunSpec, run_dir: Path, summary: Optional[dict[str, Any]], wall_s: float
+) -> dict[str, Any]:
+    """result.json of a run that finished (`summary`, the trainer's) or stopped early (None: the
+    summary is read from its last evaluation)."""
+    stopped = summary is None
+    if summary is None:
+        records = _read_records(run_dir)
+        summary = {
+            "out": str(run_dir),
+            "steps": records[-1]["step"],
+            "level": records[-1]["no_knowledge/level"],
+            "plateau_start": records[-1]["phase/plateau_start"],
+            "plateau_end": records[-1]["phase/plateau_end"],
+            "knowledge_onset": records[-1]["phase/knowledge_onset"],
+            "final": records[-1],
+        }
+    summary["stopped_early"] = stopped
+    summary["run_wall_s"] = wall_s
+    summary["spec"] = asdict(spec)
+    _write_json(run_dir / RESULT, summary)
+    return summary
+
+
+def _execute_locked(spec: RunSpec, run_dir: Path, out: Path, threads: int) -> dict[str, Any]:
+    from kadyn.train import train
+
+    done = run_dir / RESULT
+    if done.exists():  # finished by another process between the first check and the lock
+        return json.loads(done.read_text())
+    resume = _prepare_dir(run_dir)
+    config = spec_config(spec, out, run_dir, threads, resume)
     source = _attention_source(spec, out, config.device) if spec.patch_checkpoint else None
     t0 = time.perf_counter()
     with open(run_dir / LOG, "a") as log, contextlib.redirect_stderr(log):
         try:
-            summary = train(config, on_eval=on_eval, attention_source=source)
+            summary: Optional[dict[str, Any]] = train(
+                config, on_eval=_eval_hook(spec, run_dir), attention_source=source
+            )
         except _StopRun:
-            stopped = True
-            records = _read_records(run_dir)
-            summary = {
-                "out": str(run_dir),
-                "steps": records[-1]["step"],
-                "level": records[-1]["no_knowledge/level"],
-                "plateau_start": records[-1]["phase/plateau_start"],
-                "plateau_end": records[-1]["phase/plateau_end"],
-                "knowledge_onset": records[-1]["phase/knowledge_onset"],
-                "final": records[-1],
-            }
-    summary["stopped_early"] = stopped
-    summary["run_wall_s"] = time.perf_counter() - t0
-    summary["spec"] = asdict(spec)
-    _write_json(done, summary)
-    return summary
+            summary = None
+    return _write_result(spec, run_dir, summary, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stacked groups
+
+
+def stackable(spec: RunSpec) -> bool:
+    """Whether a run may train as a stack member (the stack has no attention override)."""
+    return spec.patch_checkpoint is None
+
+
+def plan_groups(specs: Sequence[RunSpec], out: Path, stack: int) -> list[list[int]]:
+    """Indices of `specs` (in order) cut into units of work: runs that may share a stack
+    (`kadyn.stacked.stack_key` of their configs) in groups of up to `stack`, consecutive in
+    `specs` order (so runs of similar cost stack together), the others alone."""
+    if stack <= 1:
+        return [[i] for i in range(len(specs))]
+    from kadyn.stacked import stack_key
+
+    open_groups: dict[Any, list[int]] = {}
+    units: list[list[int]] = []
+    for i, spec in enumerate(specs):
+        try:
+            key = stack_key(spec_config(spec, out, spec.run_dir(out), threads=1))
+        except ValueError:  # a bad override: the run fails alone, saying why
+            key = None
+        if key is None or not stackable(spec):
+            units.append([i])
+            continue
+        group = open_groups.get(key)
+        if group is None or len(group) == stack:
+            group = open_groups[key] = []
+            units.append(group)
+        group.append(i)
+    return units
+
+
+def execute_group(specs: Sequence[RunSpec], out: str, threads: int) -> list[Optional[str]]:
+    """Train (or resume) `specs` as stacked groups and write each one's result.json; returns,
+    per spec, None or why it failed (the others complete). Top-level and argument-picklable."""
+    root = Path(out)
+    errors: list[Optional[str]] = [None] * len(specs)
+    with contextlib.ExitStack() as locks:
+        held = []
+        for i, spec in enumerate(specs):
+            run_dir = spec.run_dir(root)
+            if (run_dir / RESULT).exists():
+                continue
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            lock = locks.enter_context(open(run_dir.parent / f".{run_dir.name}{LOCK}", "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                errors[i] = _describe_failure(
+                    spec, RuntimeError(f"{run_dir} is being trained by another process")
+                )
+                continue
+            if not (run_dir / RESULT).exists():  # not finished meanwhile by another process
+                held.append(i)
+        # Members stack again only with members whose checkpoints stand at the same step.
+        by_step: dict[int, list[int]] = {}
+        for i in held:
+            run_dir = specs[i].run_dir(root)
+            step = _checkpoint_step(run_dir) if _prepare_dir(run_dir) else 0
+            by_step.setdefault(step, []).append(i)
+        for members in by_step.values():
+            failures = _train_group([specs[i] for i in members], root, threads)
+            for i, failure in zip(members, failures):
+                errors[i] = failure
+    return errors
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    """The step of a run's checkpoint; -1 if it does not load (the run then trains alone and
+    reports the damage itself)."""
+    from kadyn.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return int(load_checkpoint(run_dir)["train_state"]["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return -1
+
+
+def _train_group(specs: list[RunSpec], out: Path, threads: int) -> list[Optional[str]]:
+    """One stack of locked, prepared runs; alone, or should the stack fail, each solo (resuming
+    from what the stack saved)."""
+    from kadyn.checkpoint import checkpoint_path
+    from kadyn.stacked import train_stacked
+
+    def solo(spec: RunSpec) -> Optional[str]:
+        try:
+            _execute_locked(spec, spec.run_dir(out), out, threads)
+            return None
+        except Exception as e:  # noqa: BLE001 - one failed run must not sink the others
+            return _describe_failure(spec, e)
+
+    if len(specs) == 1:
+        return [solo(specs[0])]
+    run_dirs = [s.run_dir(out) for s in specs]
+    configs = [
+        spec_config(s, out, d, threads, resume=checkpoint_path(d).exists())
+        for s, d in zip(specs, run_dirs)
+    ]
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as files:
+        logs = [files.enter_context(open(d / LOG, "a")) for d in run_dirs]
+        # Lines of one member go to its own log; whatever else reaches stderr (warnings) to all.
+        with contextlib.redirect_stderr(_Tee(logs)):
+            try:
+                outcomes = train_stacked(
+                    configs,
+                    on_eval=[_eval_hook(s, d) for s, d in zip(specs, run_dirs)],
+                    logs=[_line_writer(f) for f in logs],
+                )
+            except Exception as e:  # noqa: BLE001 - the stack failed as a whole: train them solo
+                for f in logs:
+                    f.write(f"stacked training failed ({e}); training this run alone\n")
+                outcomes = None
+    if outcomes is None:
+        return [solo(spec) for spec in specs]
+    wall = time.perf_counter() - t0
+    failures: list[Optional[str]] = []
+    for spec, run_dir, outcome in zip(specs, run_dirs, outcomes):
+        if isinstance(outcome, dict) or isinstance(outcome, _StopRun):
+            summary = outcome if isinstance(outcome, dict) else None
+            _write_result(spec, run_dir, summary, wall)
+            failures.append(None)
+        else:
+            failures.append(_describe_failure(spec, outcome))
+    return failures
+
+
+class _Tee:
+    """A write-only text stream copying to several files."""
+
+    def __init__(self, files: Sequence[Any]) -> None:
+        self.files = files
+
+    def write(self, text: str) -> int:
+        for f in self.files:
+            f.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for f in self.files:
+            f.flush()
+
+
+def _line_writer(f: Any) -> Callable[[str], None]:
+    def write(line: str) -> None:
+        f.write(line + "\n")
+        f.flush()
+
+    return write
 
 
 def _die_with_parent() -> None:
@@ -253,8 +456,10 @@ def run_all(
     threads: Optional[int] = None,
     desc: str = "runs",
     progress: bool = True,
+    stack: int = 1,
 ) -> list[RunResult]:
     """Complete every run (skipping finished ones) and return their results in `specs` order.
+    `stack` > 1 trains runs that can share a stacked model up to `stack` at a time in one worker.
 
     Raises RunFailed after all runs were attempted if any of them raised.
     """
@@ -272,43 +477,57 @@ def run_all(
             todo.append(i)
     # Longest first: the last runs to start are short, so no core idles long at the end.
     todo.sort(key=lambda i: -expected_cost(specs[i]))
+    units = [[todo[j] for j in unit] for unit in plan_groups([specs[i] for i in todo], out, stack)]
     # Split the cores between parallel runs: oversubscribed OpenMP threads slow everything down.
     threads = threads or max(1, cpu_count() // max(1, jobs))
     errors: list[str] = []
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=desc, disable=not progress)
 
-    def finish(i: int) -> None:
-        result = load_result(specs[i], out)
-        assert result is not None
-        result.cached = False
-        results[i] = result
-        bar.update(1)
+    def finish(unit: list[int], failures: Sequence[Optional[str]]) -> None:
+        for i, failure in zip(unit, failures):
+            if failure is not None:
+                errors.append(failure)
+                continue
+            result = load_result(specs[i], out)
+            assert result is not None
+            result.cached = False
+            results[i] = result
+            bar.update(1)
 
-    if jobs <= 1 or len(todo) <= 1:
-        for i in todo:
-            bar.set_postfix_str(specs[i].name)
-            try:
-                execute(specs[i], str(out), threads)
-                finish(i)
-            except Exception as e:  # noqa: BLE001 - one failed run must not sink the others
-                errors.append(_describe_failure(specs[i], e))
+    def submit(unit: list[int]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        if len(unit) == 1:
+            return execute, (specs[unit[0]], str(out), threads)
+        return execute_group, ([specs[i] for i in unit], str(out), threads)
+
+    def failures_of(unit: list[int], call: Callable[[], Any]) -> list[Optional[str]]:
+        try:
+            value = call()
+        except Exception as e:  # noqa: BLE001 - one failed run must not sink the others
+            return [_describe_failure(specs[i], e) for i in unit]
+        return [None] if len(unit) == 1 else list(value)
+
+    if jobs <= 1 or len(units) <= 1:
+        for unit in units:
+            bar.set_postfix_str(", ".join(specs[i].name for i in unit))
+            fn, args = submit(unit)
+            finish(unit, failures_of(unit, functools.partial(fn, *args)))
     else:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(
             max_workers=jobs, mp_context=ctx, initializer=_die_with_parent
         ) as pool:
-            futures = {pool.submit(execute, specs[i], str(out), threads): i for i in todo}
+            futures = {pool.submit(*_flat(submit(unit))): tuple(unit) for unit in units}
             for future in cf.as_completed(futures):
-                i = futures[future]
-                try:
-                    future.result()
-                    finish(i)
-                except Exception as e:  # noqa: BLE001
-                    errors.append(_describe_failure(specs[i], e))
+                unit = list(futures[future])
+                finish(unit, failures_of(unit, future.result))
     bar.close()
     if errors:
         raise RunFailed(f"{len(errors)} run(s) failed:\n" + "\n".join(errors))
     return [results[i] for i in range(len(specs))]
+
+
+def _flat(call: tuple[Callable[..., Any], tuple[Any, ...]]) -> tuple[Any, ...]:
+    return (call[0], *call[1])
 
 
 def expected_cost(spec: RunSpec) -> float:
@@ -332,6 +551,7 @@ class Context:
     jobs: int = 1
     threads: Optional[int] = None
     progress: bool = True
+    stack: int = 1  # runs per stacked group (kadyn.stacked); 1 = every run alone
     trained: int = 0  # runs trained (not found cached) through this context
 
     @property
@@ -379,7 +599,9 @@ class Context:
     def run(self, specs: Sequence[RunSpec], desc: str) -> list[RunResult]:
         before = sum(load_result(s, self.out) is None for s in specs)
         try:
-            return run_all(specs, self.out, self.jobs, self.threads, desc, self.progress)
+            return run_all(
+                specs, self.out, self.jobs, self.threads, desc, self.progress, self.stack
+            )
         finally:
             self.trained += before - sum(load_result(s, self.out) is None for s in specs)
 

@@ -117,6 +117,14 @@ class Scale:
     # on one thread than on two (measured here: OpenMP threads wait on each other when another
     # process holds a core), so the CPU scales use one.
     threads_per_run: Optional[int] = None
+    # Runs per stacked group (kadyn.stacked) unless --stack says otherwise; 1 = each run alone.
+    # Not on CPU: fp32 matmuls of a tiny run's 3200-token batch already run at 94-155 GFLOP/s on
+    # one core here (AVX-512, near its peak), so stacking saves only per-op overhead. Measured on
+    # two cores (benches/stacked_sweep.py): one stacked step of 4 tiny models 0.96x the time of 4
+    # solo steps; whole sweeps of K = 4 0.5-1.1x the model-steps/s of two one-thread solo runs at
+    # a time, depending on the machine's load. Small models leave an accelerator mostly idle, so
+    # the gpu scale stacks (not measured: no GPU here).
+    stack: int = 1
 
     @property
     def eval_cap(self) -> int:
@@ -303,6 +311,8 @@ GPU = Scale(
     ),
     patching=PatchingPlan(16000, 32000, 1000, eval_every=100, seeds=_seeds("patching")),
     analyses=AnalysesPlan(16000, 16000, alpha=0.8, seed=0, eval_every=250),
+    # One accelerator, one run at a time: small models leave most of it idle (not measured).
+    stack=4,
 )
 
 # What `kadyn-exp pilot` cuts from a plan, besides running it on the pilot seeds: only the

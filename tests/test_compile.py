@@ -1,0 +1,155 @@
+"""The compiled training step (`kadyn.train.StepLoss`, torch.compile with inductor): the same loss
+and gradients as the eager step, one graph, an exact resume, and when it is not used.
+
+Compiling costs seconds per graph, so only the tests here compile; every other test that trains
+runs fewer than `COMPILE_MIN_STEPS` steps and stays eager. Also here: a smoke run of
+`kadyn-bench train`, the trainer-step benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import read_records, small_config, without_timing
+
+import kadyn
+import kadyn.train
+from kadyn import bench
+from kadyn.kernels.attribute_loss import IGNORE_INDEX, attribute_loss_only_reference
+from kadyn.model import GPT, next_token_loss, trim_padding
+from kadyn.train import (
+    COMPILE_MIN_STEPS,
+    StepLoss,
+    build_world,
+    eager_reason,
+    make_model_config,
+    train,
+    training_loss,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_model_and_batches(tmp_path: Path, n: int = 3) -> tuple[GPT, int, list[torch.Tensor]]:
+    config = small_config(tmp_path)
+    world = build_world(config)
+    torch.manual_seed(0)
+    model = GPT(make_model_config(config, world.vocab_size))
+    stream = kadyn.BiographyStream(world, batch_size=config.batch_size, seq_len=config.seq_len)
+    it = iter(stream)
+    return model, world.pad_id, [kadyn.to_torch(next(it))["input_ids"] for _ in range(n)]
+
+
+def test_training_loss_is_one_graph(tmp_path) -> None:
+    # A graph break would split the step into pieces compiled apart (and, at the break, run eager).
+    model, pad_id, batches = small_model_and_batches(tmp_path, 1)
+    ids = trim_padding(batches[0], pad_id)
+    explained = torch._dynamo.explain(training_loss)(model, ids, pad_id)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_compiled_step_matches_eager(tmp_path) -> None:
+    model, pad_id, batches = small_model_and_batches(tmp_path)
+    twin = GPT(model.config)
+    twin.load_state_dict(model.state_dict())
+    eager = StepLoss(model, pad_id, CPU, model.config.max_seq_len, compiled=False)
+    compiled = StepLoss(twin, pad_id, CPU, model.config.max_seq_len, compiled=True)
+    for ids in batches:
+        a, b = eager(ids), compiled(ids)
+        assert b.item() == pytest.approx(a.item(), rel=1e-5)
+        a.backward()
+        b.backward()
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            assert torch.allclose(q.grad, p.grad, rtol=1e-4, atol=1e-6), name
+            p.grad, q.grad = None, None
+
+
+def test_compiled_loss_matches_the_reference() -> None:
+    # next_token_loss takes another formula under torch.compile: the same values and gradients.
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(40, 16, generator=g, requires_grad=True)
+    weight = torch.randn(30, 16, generator=g, requires_grad=True)
+    targets = torch.randint(0, 30, (40,), generator=g)
+    targets[::3] = IGNORE_INDEX
+    reference = attribute_loss_only_reference(hidden, weight, targets)
+    compiled = torch.compile(next_token_loss, fullgraph=True, dynamic=False)(
+        hidden, weight, targets
+    )
+    assert compiled.item() == pytest.approx(reference.item(), rel=1e-6)
+    expected = torch.autograd.grad(reference, (hidden, weight))
+    got = torch.autograd.grad(compiled, (hidden, weight))
+    for e, x in zip(expected, got):
+        assert torch.allclose(x, e, rtol=1e-5, atol=1e-7)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_compiled_run_resumes_exactly_and_matches_eager(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(kadyn.train, "COMPILE_MIN_STEPS", 1)
+    flags = dict(steps=8, eval_every=4, checkpoint_every=2)
+    full = tmp_path / "full"
+    train(small_config(full, **flags))
+    assert "step: torch.compile" in capsys.readouterr().err
+    killed = tmp_path / "killed"
+
+    def kill(step: int, record: dict, model: object) -> None:
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(small_config(killed, **flags), on_eval=kill)
+    # Compiled afresh, as in a new process (inductor's on-disk cache may serve the same code).
+    torch._dynamo.reset()
+    train(small_config(killed, resume=True, **flags))
+    assert without_timing(read_records(killed)) == without_timing(read_records(full))
+
+    eager = tmp_path / "eager"
+    train(small_config(eager, compile=False, **flags))
+    assert "step: eager, --no-compile" in capsys.readouterr().err
+    for c, e in zip(read_records(full), read_records(eager)):
+        assert c["step"] == e["step"]
+        for key in ("train/loss", "eval/attr_loss", "heldout/attr_loss"):
+            if e[key] is not None:
+                assert c[key] == pytest.approx(e[key], rel=1e-4), (c["step"], key)
+
+
+def test_compile_is_used_only_where_it_pays(tmp_path) -> None:
+    long = small_config(tmp_path, steps=COMPILE_MIN_STEPS)
+    assert eager_reason(long, CPU, patching=False) is None
+    assert "--no-compile" in eager_reason(dataclasses.replace(long, compile=False), CPU, False)
+    assert "patching" in eager_reason(long, CPU, patching=True)
+    short = dataclasses.replace(long, steps=COMPILE_MIN_STEPS - 1)
+    assert "too short" in eager_reason(short, CPU, patching=False)
+
+
+def test_compile_without_a_cpp_compiler_stays_eager(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler-kadyn")
+    long = small_config(tmp_path, steps=COMPILE_MIN_STEPS)
+    assert "C++ compiler" in eager_reason(long, CPU, patching=False)
+
+
+def test_train_bench_quick(tmp_path) -> None:
+    out = tmp_path / "train.json"
+    argv = ["train", "--quick", "--no-compile", "--threads", "1", "--shapes", "d64"]
+    assert bench.main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    runs = {(r["shape"], r["step"]): r for r in result["runs"]}
+    assert set(runs) == {("d64", "reference"), ("d64", "kadyn")}
+    assert runs["d64", "reference"]["ratio_to_reference"] == 1.0
+    for r in runs.values():
+        assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and r["d_model"] == 64
