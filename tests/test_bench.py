@@ -25,6 +25,7 @@ def test_quick_bench_writes_json_with_every_figure(tmp_path: Path) -> None:
         "parquet_read",
         "gen_write",
         "stream_vs_python",
+        "stream_vs_memcopy",
         "memory",
     }
     assert {(e["sampler"], e["threads"]) for e in result["stream"]} == {
@@ -34,6 +35,8 @@ def test_quick_bench_writes_json_with_every_figure(tmp_path: Path) -> None:
         assert entry["samples_per_s"] > 0 and entry["ratio_to_memcopy"] > 0
     assert result["gen_write"]["mb_per_s"] > 0
     assert set(result["stream_vs_python"]) == {"1", "2"}
+    paired = result["stream_vs_memcopy"]
+    assert paired["threads"] == 1 and len(paired["ratios"]) == 10 and 0 < paired["ratio"]
     memory = result["memory"]
     assert memory["tokens"] >= 10**6 and memory["rss_after_mb"] > 0
 

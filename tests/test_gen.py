@@ -26,8 +26,18 @@ from kadyn.gen import main as gen
 
 
 def files(directory: Path) -> dict[str, bytes]:
-    """Every file of a dataset directory (the run's lock file is not part of the dataset)."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name != LOCK}
+    """Every file of a dataset directory, by path relative to it (the run's lock file is not part
+    of the dataset)."""
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != LOCK
+    }
+
+
+def shard(index: int, count: int) -> str:
+    """A shard's path relative to the dataset directory."""
+    return f"data/shard-{index:05d}-of-{count:05d}.parquet"
 
 
 LOCK = ".kadyn.lock"
@@ -61,10 +71,39 @@ def test_same_command_twice_gives_identical_files(tmp_path: Path) -> None:
     assert gen([*SMALL, "--out", str(b), "--threads", "1"]) == 0
     fa = files(a)
     assert fa == files(b)
-    assert {"manifest.json", "vocab.json", "world.parquet", "shard-00002.parquet"} <= set(fa)
+    assert {
+        "manifest.json",
+        "vocab.json",
+        "README.md",
+        "world/world.parquet",
+        shard(2, 3),
+    } <= set(fa)
     # Running it again over a complete dataset verifies and changes nothing.
     assert gen([*SMALL, "--out", str(a)]) == 0
     assert files(a) == fa
+
+
+def test_parts_side_by_side_then_merge_equal_one_run(tmp_path: Path) -> None:
+    one, split = tmp_path / "one", tmp_path / "split"
+    assert gen([*SMALL, "--out", str(one)]) == 0
+    # Two processes at once, as a Slurm array or a shell loop starts them.
+    parts = [
+        subprocess.Popen(
+            [*GEN, *SMALL, "--part", f"{i}/2", "--out", str(split)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in parts:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.strip().endswith(f"once every part is done: kadyn-gen merge {split}"), out
+    assert not (split / "manifest.json").exists()
+    assert gen(["merge", str(split), "--quiet"]) == 0
+    assert files(split) == files(one)
+    assert kadyn.load_dataset(split).manifest == kadyn.load_dataset(one).manifest
 
 
 # Rows of the runs the tests interrupt: 40 shards on one thread, so the signal lands mid-way.
@@ -81,14 +120,15 @@ def test_kill_9_then_rerun_is_identical_to_an_uninterrupted_run(tmp_path: Path) 
     slow = [*argv, "--threads", "1", "--out", str(cut)]
     proc = subprocess.Popen([sys.executable, "-m", "kadyn.gen", *slow])
     deadline = time.monotonic() + 60
-    while not (cut / "shard-00000.parquet").exists():
+    while not (cut / shard(0, INTERRUPTED_SAMPLES // 500)).exists():
         assert proc.poll() is None, "kadyn-gen ended before writing its first shard"
         assert time.monotonic() < deadline
         time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (cut / "manifest.json").exists(), "killed too late to test a resume"
-    assert not (cut / f"shard-{INTERRUPTED_SAMPLES // 500 - 1:05d}.parquet").exists()
+    last = INTERRUPTED_SAMPLES // 500
+    assert not (cut / shard(last - 1, last)).exists()
     assert gen([*argv, "--out", str(cut)]) == 0
     assert gen([*argv, "--out", str(full)]) == 0
     assert files(cut) == files(full)
@@ -109,7 +149,7 @@ def test_ctrl_c_stops_between_row_groups_and_says_how_to_resume(tmp_path: Path) 
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
-    while not (out / "shard-00000.parquet").exists():
+    while not (out / shard(0, INTERRUPTED_SAMPLES // 500)).exists():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.002)
     proc.send_signal(signal.SIGINT)
@@ -201,7 +241,7 @@ def test_dataset_rows_are_the_stream_rows(tmp_path: Path, pack: bool) -> None:
     )
     it = iter(stream)
     streamed = [next(it) for _ in range(3)]
-    table = pq.read_table(sorted(str(p) for p in out.glob("shard-*.parquet")))
+    table = pq.read_table(out / "data")
     assert table.num_rows == 1500
     for name in ("input_ids", "attr_type", "individual", "sample_index"):
         got = table.column(name).combine_chunks()
@@ -252,14 +292,14 @@ def test_load_dataset_refuses_missing_partial_or_corrupt(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="partial kadyn-gen dataset.*rerun the same"):
         kadyn.load_dataset(out)
     (out / "manifest.json").write_bytes(manifest)
-    shard = out / "shard-00001.parquet"
-    data = bytearray(shard.read_bytes())
+    one = out / shard(1, 3)
+    data = bytearray(one.read_bytes())
     data[200] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    one.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256"):
         kadyn.load_dataset(out)
     kadyn.load_dataset(out, verify=False)  # sizes still match
-    shard.write_bytes(bytes(data[:-10]))
+    one.write_bytes(bytes(data[:-10]))
     with pytest.raises(ValueError, match="bytes"):
         kadyn.load_dataset(out, verify=False)
 
@@ -325,15 +365,14 @@ def test_a_corrupt_row_group_raises_even_without_verify(tmp_path: Path) -> None:
     out = tmp_path / "d"
     assert gen([*SMALL, "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and "row_group_hash" in manifest
+    assert manifest["format_version"] == 3 and "row_group_hash" in manifest
     # Shard 1 holds rows 1000..1999 in groups of 256: group 2 is rows 1512..1767.
     assert [g["rows"] for g in manifest["shards"][1]["row_groups"]] == [256, 256, 256, 232]
-    shard = out / "shard-00001.parquet"
-    _flip_inside_pages(shard, 2)
+    _flip_inside_pages(out / shard(1, 3), 2)
     ds = kadyn.load_dataset(out, verify=False)
     assert int(ds[1511]["sample_index"]) == 1511  # the group before is intact
     with pytest.raises(
-        ValueError, match=r"shard-00001\.parquet: row group 2 \(rows 1512\.\.1767\)"
+        ValueError, match=r"shard-00001-of-00003\.parquet: row group 2 \(rows 1512\.\.1767\)"
     ):
         ds[1600]
     with pytest.raises(ValueError, match="row group 2 .* differs from its sha256"):
@@ -393,6 +432,11 @@ MANIFEST_DAMAGE: dict[str, tuple[Callable[[Any], Any], str, bool]] = {
         r"field shards\[2\]\.row_groups holds 0 rows",
         False,
     ),
+    "file outside": (
+        _setting(["world_table", "file"], "../world.parquet"),
+        "file '../world.parquet' must be a path inside the dataset directory",
+        False,
+    ),
 }
 
 
@@ -427,25 +471,23 @@ def test_rewritten_files_are_named_on_stderr(
     ref, out = tmp_path / "ref", tmp_path / "d"
     assert gen([*SMALL, "--out", str(ref)]) == 0
     assert gen([*SMALL, "--out", str(out)]) == 0
-    _flip_inside_pages(out / "shard-00001.parquet", 0)
-    (out / "shard-00002.parquet").write_bytes((out / "shard-00002.parquet").read_bytes()[:-7])
+    _flip_inside_pages(out / shard(1, 3), 0)
+    (out / shard(2, 3)).write_bytes((out / shard(2, 3)).read_bytes()[:-7])
     loud = [a for a in SMALL if a != "--quiet"]
     capfd.readouterr()
     assert gen([*loud, "--out", str(out)]) == 0
     lines = capfd.readouterr().err.splitlines()
     assert (
-        "kadyn-gen: shard-00001.parquet: corrupt (sha256 differs from its record); rewriting it"
-        in lines
+        f"kadyn-gen: {shard(1, 3)}: corrupt (sha256 differs from its record); rewriting it" in lines
     ), lines
     assert any(
-        line.startswith("kadyn-gen: shard-00002.parquet: corrupt (")
-        and line.endswith("; rewriting it")
+        line.startswith(f"kadyn-gen: {shard(2, 3)}: corrupt (") and line.endswith("; rewriting it")
         for line in lines
     ), lines
-    assert not any("shard-00000.parquet: " in line for line in lines), lines
+    assert not any(f"{shard(0, 3)}: " in line for line in lines), lines
     assert files(out) == files(ref)
     # --quiet stays quiet.
-    _flip_inside_pages(out / "shard-00000.parquet", 1)
+    _flip_inside_pages(out / shard(0, 3), 1)
     assert gen([*SMALL, "--out", str(out)]) == 0
     assert capfd.readouterr().err == ""
     assert files(out) == files(ref)
@@ -458,14 +500,14 @@ def test_a_version_1_manifest_is_read_with_whole_file_checks(tmp_path: Path) -> 
     manifest = json.loads(path.read_text())
     manifest["format_version"] = 1
     del manifest["row_group_hash"]
-    for shard in manifest["shards"]:
-        del shard["row_groups"]
+    for record in manifest["shards"]:
+        del record["row_groups"]
     path.write_text(json.dumps(manifest))
     assert int(kadyn.load_dataset(out, verify=False)[1600]["sample_index"]) == 1600
     # No row-group hashes to check reads against: the shards are hashed whole, even so.
-    _flip_inside_pages(out / "shard-00001.parquet", 2)
-    with pytest.raises(ValueError, match=r"shard-00001\.parquet: sha256 differs"):
+    _flip_inside_pages(out / shard(1, 3), 2)
+    with pytest.raises(ValueError, match=r"shard-00001-of-00003\.parquet: sha256 differs"):
         kadyn.load_dataset(out, verify=False)
-    # kadyn-gen upgrades the directory: the damaged shard rewritten, the manifest at version 2.
+    # kadyn-gen upgrades the directory: the damaged shard rewritten, the manifest at version 3.
     assert gen([*SMALL, "--out", str(out)]) == 0
-    assert json.loads(path.read_text())["format_version"] == 2
+    assert json.loads(path.read_text())["format_version"] == 3

@@ -35,14 +35,15 @@ def _state(out: Path) -> str:
     if not (out / ".kadyn-gen-config.json").exists():
         return "before the config"
     names = set(os.listdir(out))
+    data = set(os.listdir(out / "data")) if (out / "data").is_dir() else set()
     if "manifest.json" in names:
         return "complete"
     if "manifest.json.tmp" in names:
         return "during the manifest write"
     if ".kadyn-gen-progress.json.tmp" in names:
         return "during a progress write"
-    shards = sum(1 for n in names if n.startswith("shard-") and n.endswith(".parquet"))
-    if any(n.startswith("shard-") and n.endswith(".tmp") for n in names):
+    shards = sum(1 for n in data if n.endswith(".parquet"))
+    if any(n.endswith(".tmp") for n in data):
         return "during a shard write"
     return "all shards, no manifest" if shards == SHARDS else "between files"
 
@@ -64,7 +65,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_bytes(
     # On a loaded machine the reference run is slow: kills then land earlier in the run (still
     # anywhere in it), and the file stays within its time budget.
     duration = min(duration, 1.2)
-    assert sum(n.startswith("shard-") for n in want) == SHARDS
+    assert sum(n.startswith("data/shard-") for n in want) == SHARDS
     rng = random.Random(SEED)
     states: Counter[str] = Counter()
     for trial in range(TRIALS):
@@ -72,7 +73,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_bytes(
         command = [*GEN, *ARGV, "--out", str(out)]
         for _ in range(rng.randint(1, 3)):
             # A rerun skips the shards already complete: its kills are drawn over what is left.
-            done = len(list(out.glob("shard-*.parquet"))) if out.exists() else 0
+            done = len(list(out.glob("data/shard-*.parquet"))) if out.exists() else 0
             span = duration * max(0.2, 1 - done / SHARDS)
             late = rng.random() < 0.25
             delay = span * (rng.uniform(0.75, 1.0) if late else rng.uniform(0.0, 0.9))

@@ -142,5 +142,5 @@ def test_kadyn_gen_prints_the_projected_size_before_it_starts(tmp_path: Path) ->
     projected = first.split("about ")[1].split(" projected")[0]
     value, unit = projected.split()
     scale = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20}[unit]
-    written = sum(p.stat().st_size for p in out.glob("shard-*.parquet"))
+    written = sum(p.stat().st_size for p in out.glob("data/shard-*.parquet"))
     assert 0.5 < float(value) * scale / written < 2, (projected, written)

@@ -3,8 +3,10 @@ run on the same machine.
 
 - stream: samples/s and tokens/s of `BiographyStream` (batches consumed in Python and handed to
   torch with `to_torch`), for threads 1..n and each sampler (uniform, power law 0.7, curriculum);
-- memcopy: numpy copying an int32 and an int8 buffer of one batch's size, the cost of merely
-  writing the bytes once: the bound every figure is also given as a ratio to;
+- memcopy: numpy copying one batch's columns into freshly allocated arrays (the stream, too, hands
+  out fresh buffers), the cost of merely writing the bytes once: the bound every figure is also
+  given as a ratio to; the one-thread stream is also measured against it in interleaved slices
+  (`kadyn.stream_bench`), the figure to read on a shared machine;
 - python: the plain-Python generator of `benches/python_baseline.py` (same data, dict tokenizer);
 - parquet read: the same rows read back from a `kadyn-gen` dataset with pyarrow, and with HF
   `datasets` when it is installed;
@@ -45,7 +47,6 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -53,6 +54,7 @@ import kadyn
 from kadyn import _native
 from kadyn.config import TrainConfig, make_config
 from kadyn.model import GPT
+from kadyn.stream_bench import copy_bound, measure, rate
 from kadyn.train import (
     StepLoss,
     build_optimizer,
@@ -82,15 +84,10 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def timed(step: Callable[[], int], seconds: float) -> tuple[float, int]:
-    """Calls `step` (returns rows made) after one warm-up call until `seconds` pass; rows/s."""
+def timed(step: Callable[[], int], seconds: float) -> float:
+    """Rows/s of `step` (returns rows made) over `seconds`, after one warm-up call."""
     step()
-    rows, start = 0, time.perf_counter()
-    while True:
-        rows += step()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return rows / elapsed, rows
+    return rate(step, seconds)
 
 
 def load_bench_module(name: str, path: Optional[str]) -> Optional[types.ModuleType]:
@@ -138,28 +135,20 @@ def bench_stream(
         tensors = kadyn.to_torch(next(it))
         return int(tensors["input_ids"].shape[0])
 
-    return timed(step, seconds)[0]
+    return timed(step, seconds)
 
 
 def bench_memcopy(batch: int, seq_len: int, seconds: float) -> float:
-    rng = np.random.default_rng(0)
-    src_ids = rng.integers(0, 4000, size=(batch, seq_len), dtype=np.int32)
-    src_types = rng.integers(-1, 6, size=(batch, seq_len), dtype=np.int8)
-    dst_ids, dst_types = np.empty_like(src_ids), np.empty_like(src_types)
-
-    def step() -> int:
-        np.copyto(dst_ids, src_ids)
-        np.copyto(dst_types, src_types)
-        return batch
-
-    return timed(step, seconds)[0]
+    """Rows/s of the bound: one batch's columns copied into freshly allocated arrays, as the
+    stream hands out fresh buffers (`kadyn.stream_bench.copy_bound`)."""
+    return timed(copy_bound(batch, seq_len), seconds)
 
 
 def bench_python(
     baseline: types.ModuleType, world: kadyn.World, batch: int, seq_len: int, seconds: float
 ) -> float:
     gen = baseline.PythonBaseline(world, seq_len=seq_len)
-    return timed(lambda: len(gen.batch(batch)["sample_index"]), seconds)[0]
+    return timed(lambda: len(gen.batch(batch)["sample_index"]), seconds)
 
 
 def bench_gen_write(directory: str, args: argparse.Namespace, threads: int) -> dict[str, float]:
@@ -192,7 +181,8 @@ def bench_gen_write(directory: str, args: argparse.Namespace, threads: int) -> d
     elapsed = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"kadyn-gen {' '.join(argv)} exited with {code}")
-    total = sum(os.path.getsize(p) for p in glob.glob(os.path.join(directory, "*")))
+    files = glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+    total = sum(os.path.getsize(p) for p in files if os.path.isfile(p))
     return {
         "rows_per_s": args.gen_rows / elapsed,
         "mb_per_s": total / 1e6 / elapsed,
@@ -202,7 +192,7 @@ def bench_gen_write(directory: str, args: argparse.Namespace, threads: int) -> d
 
 
 def bench_pyarrow_read(directory: str, batch: int, seconds: float) -> float:
-    shards = sorted(glob.glob(os.path.join(directory, "shard-*.parquet")))
+    shards = sorted(glob.glob(os.path.join(directory, "data", "*.parquet")))
 
     def batches() -> Any:
         while True:
@@ -215,7 +205,7 @@ def bench_pyarrow_read(directory: str, batch: int, seconds: float) -> float:
         tensors = kadyn.to_torch(next(it))
         return int(tensors["input_ids"].shape[0])
 
-    return timed(step, seconds)[0]
+    return timed(step, seconds)
 
 
 def bench_hf_read(directory: str, batch: int, seconds: float) -> Optional[float]:
@@ -223,15 +213,15 @@ def bench_hf_read(directory: str, batch: int, seconds: float) -> Optional[float]
         return None
     import datasets  # optional: imported only when installed
 
-    files = sorted(glob.glob(os.path.join(directory, "shard-*.parquet")))
-    ds = datasets.load_dataset("parquet", data_files=files, split="train").with_format("numpy")
+    # The folder's README.md card declares the rows (data/*.parquet) as the default config.
+    ds = datasets.load_dataset(directory, split="train").with_format("numpy")
 
     def batches() -> Any:
         while True:
             yield from ds.iter(batch_size=batch)
 
     it = batches()
-    return timed(lambda: len(next(it)["sample_index"]), seconds)[0]
+    return timed(lambda: len(next(it)["sample_index"]), seconds)
 
 
 def bench_memory(world: kadyn.World, batch: int, seq_len: int, threads: int, tokens: int) -> dict:
@@ -275,6 +265,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:
         return train_main(argv[1:])
+    if argv[:1] == ["access"]:
+        from kadyn.access_bench import main as access_main
+
+        return access_main(argv[1:])
     args = parse_args(argv)
     world = kadyn.World(n_individuals=args.individuals)
     b, t, s = args.batch, args.seq_len, args.seconds
@@ -310,6 +304,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 }
             )
             rows.append((f"stream {name}", str(n), rate, None))
+
+    # Interleaved with the bound: the ratio that holds on a loaded machine.
+    paired = measure(world, b, t, threads=1, seconds=2 * s, slices=10)
+    result["stream_vs_memcopy"] = paired.as_dict()
 
     baseline = load_baseline(args.baseline)
     if baseline is None:
@@ -370,6 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(
             f"{name:<30} {n_threads:>7} {rate:13,.0f} {rate * t:15,.0f} {mb} {rate / memcopy:10.3f}"
         )
+    print(paired.line())
     for n_threads, ratio in result["stream_vs_python"].items():
         print(f"stream (uniform, {n_threads} threads) / plain Python: {ratio:,.1f}x")
     if "memory" in result:

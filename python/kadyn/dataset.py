@@ -1,9 +1,16 @@
 """`load_dataset`: a `kadyn-gen` directory as a map-style torch `Dataset`.
 
+The directory is laid out for every reader (README, "Datasets on disk"): the rows in
+`data/shard-XXXXX-of-YYYYY.parquet`, the answer key in `world/world.parquet`, `vocab.json`, a
+`README.md` card declaring the Hugging Face configs, and `manifest.json`. This reader follows the
+manifest, which names every file by its path relative to the directory.
+
 The manifest is the contract: a directory without one is a generation that did not finish, and
 each shard must have the size, row count and (with `verify=True`) sha256 the manifest records.
-Rows are read with pyarrow one row group at a time; the last decoded row group is cached, so
-sequential access (or a sampler that walks row groups) decodes each group once.
+Rows are read with pyarrow one row group at a time; decoded row groups are cached (least recently
+used dropped first, `row_cache_bytes`), so sequential access decodes each group once. Random
+access over a dataset larger than that cache reads a memory-mapped uncompressed copy written once
+(`kadyn.rowstore`; see `KadynDataset.row_cache_bytes`).
 
 Integrity without hashing whole files: the Parquet writer keeps no page checksums, so a flipped
 byte in a data page would decode to wrong token ids. Format version 2 manifests record a sha256 per
@@ -19,6 +26,9 @@ import bisect
 import hashlib
 import json
 import os
+import sys
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Optional, Sequence, Union
 
@@ -27,13 +37,16 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from kadyn import rowstore
 from kadyn.interop import to_torch
 
 MANIFEST = "manifest.json"
 CONFIG = ".kadyn-gen-config.json"
 FORMAT = "kadyn-dataset"
-# 2: shards list their row groups with a sha256 each (see the module docstring); 1 is still read.
-FORMAT_VERSION = 2
+# 3: the folder layout (data/, world/, README.md); 2: shards list their row groups with a sha256
+# each (see the module docstring). Versions 1 and 2 are still read: files are named by the
+# manifest, whatever the layout.
+FORMAT_VERSION = 3
 
 Row = dict[str, torch.Tensor]
 
@@ -47,7 +60,13 @@ def _sha256(path: Path) -> str:
 
 
 def _check_file(directory: Path, record: dict[str, Any], verify: bool) -> Path:
-    path = directory / record["file"]
+    relative = Path(record["file"])
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(
+            f"{directory / MANIFEST}: file {record['file']!r} must be a path inside the dataset "
+            "directory"
+        )
+    path = directory / relative
     if not path.is_file():
         raise ValueError(f"{directory}: {record['file']} is listed in {MANIFEST} but missing")
     size = path.stat().st_size
@@ -115,7 +134,8 @@ def read_manifest(directory: Union[str, os.PathLike[str]]) -> dict[str, Any]:
         if (directory / CONFIG).is_file():
             raise ValueError(
                 f"{directory} holds a partial kadyn-gen dataset (no {MANIFEST}: the run did not "
-                "finish); rerun the same kadyn-gen command to complete it"
+                "finish); rerun the same kadyn-gen command to complete it (after --part runs: "
+                "`kadyn-gen merge DIR`)"
             )
         raise FileNotFoundError(f"{directory} holds no kadyn-gen dataset (no {MANIFEST})")
     try:
@@ -198,7 +218,7 @@ class KadynDataset(Dataset):
         # First global row of each shard, for bisecting a row index into (shard, offset).
         self._shard_starts = [s["first_row"] for s in self.manifest["shards"]]
         self._files: dict[int, tuple[pq.ParquetFile, list[int]]] = {}
-        self._cached: Optional[tuple[tuple[int, int], Row]] = None
+        self.__dict__.update(self._fresh_row_cache())
         # Row groups whose sha256 this process has checked.
         self._checked: set[tuple[int, int]] = set()
 
@@ -218,7 +238,7 @@ class KadynDataset(Dataset):
         # Open files and the decoded cache stay behind (DataLoader workers reopen lazily).
         state = dict(self.__dict__)
         state["_files"] = {}
-        state["_cached"] = None
+        state.update(self._fresh_row_cache())
         return state
 
     def _file(self, shard: int) -> tuple[pq.ParquetFile, list[int]]:
@@ -278,26 +298,148 @@ class KadynDataset(Dataset):
         group = bisect.bisect_right(starts, offset) - 1
         return shard, group, offset - starts[group]
 
-    def _group(self, shard: int, group: int) -> Row:
-        if self._cached is None or self._cached[0] != (shard, group):
+    # Random access (`ds[i]`, a shuffled DataLoader). Decoded row groups stay in memory, least
+    # recently used dropped first, up to `row_cache_bytes` per process (at least the last one), so
+    # a dataset that fits is decoded once. A larger one, the first time random access has to
+    # decode a row group a second time out of order (or a third time: sequential epochs make a
+    # copy only from the third on), gets an uncompressed copy written once under `cache_dir`
+    # (None: $KADYN_CACHE or ~/.cache/kadyn) and memory-mapped (`kadyn.rowstore`), where any row
+    # costs a slice; `random_access_copy = False` keeps to the row-group cache. Set these on the
+    # dataset before reading rows.
+    row_cache_bytes: int = 256 << 20
+    cache_dir: Optional[Union[str, os.PathLike[str]]] = None
+    random_access_copy: bool = True
+
+    # This process's row cache (reset in each DataLoader worker): decoded row groups with their
+    # bytes, least recently used first; every row group decoded so far, the last one and the
+    # number of decodes; the copy, once opened.
+    _lru: OrderedDict[tuple[int, int], tuple[Row, int]]
+    _lru_bytes: int
+    _decoded: set[tuple[int, int]]
+    _decodes: int
+    _last_decoded: tuple[int, int]
+    _store: Optional[rowstore.RowStore]
+    _store_looked: bool
+    _store_wanted: bool
+
+    @staticmethod
+    def _fresh_row_cache() -> dict[str, Any]:
+        return {
+            "_lru": OrderedDict(),
+            "_lru_bytes": 0,
+            "_decoded": set(),
+            "_decodes": 0,
+            "_last_decoded": (-1, -1),
+            "_store": None,
+            "_store_looked": False,
+            "_store_wanted": False,
+        }
+
+    def _decode(self, shard: int, group: int, f: Optional[pq.ParquetFile] = None) -> Row:
+        """Row group `group` of `shard`, checked against its sha256 (once) and decoded; `f`: the
+        shard opened apart (for a thread of its own)."""
+        if f is None:
             f, _ = self._file(shard)
-            self._check_group(shard, group)
+        self._check_group(shard, group)
+        try:
+            batch = f.read_row_group(group).combine_chunks().to_batches()[0]
+        except (OSError, pa.ArrowException) as e:
+            raise ValueError(
+                f"{self.shard_paths[shard]}: row group {group} cannot be decoded ({e}); the "
+                "file is corrupt: rerun the kadyn-gen command in its manifest to rewrite it"
+            ) from None
+        return to_torch(batch)
+
+    def _group(self, shard: int, group: int) -> Row:
+        key = (shard, group)
+        hit = self._lru.get(key)
+        if hit is not None:
+            self._lru.move_to_end(key)
+            return hit[0]
+        s, g = self._last_decoded
+        if key in self._decoded and (
+            key not in ((0, 0), (s, g + 1), (s + 1, 0)) or self._decodes >= 2 * len(self._decoded)
+        ):
+            self._store_wanted = True  # decoded again out of order (random access), or often
+        rows = self._decode(shard, group)
+        self._decoded.add(key)
+        self._decodes += 1
+        self._last_decoded = key
+        size = sum(t.numel() * t.element_size() for t in rows.values())
+        self._lru[key] = (rows, size)
+        self._lru_bytes += size
+        while self._lru_bytes > self.row_cache_bytes and len(self._lru) > 1:
+            self._lru_bytes -= self._lru.popitem(last=False)[1][1]
+        return rows
+
+    def _row_bytes(self) -> int:
+        """Bytes of one decoded row: input_ids int32 and attr_type int8, two int64 ids."""
+        return 5 * self.seq_len + 16
+
+    def prepare_random_access(self) -> Path:
+        """Open the memory-mapped copy for random access, writing it first if there is none yet
+        (rows are then read from it whatever their number); returns its directory. Raises
+        OSError if it cannot be written (no space in the cache directory, which is checked
+        first). Reading rows does this by itself when it pays; calling it in the main process
+        before a DataLoader starts its workers keeps them from waiting on the first one."""
+        if self._store is None:
+            local = threading.local()
+
+            def decode(key: tuple[int, int]) -> Row:  # each thread opens the shards it reads
+                files: dict[int, pq.ParquetFile] = local.__dict__.setdefault("files", {})
+                if key[0] not in files:
+                    files[key[0]] = pq.ParquetFile(self.shard_paths[key[0]])
+                return self._decode(*key, f=files[key[0]])
+
+            keys = [(s, g) for s in range(len(self.shard_paths)) for g in self._groups(s)]
+            self._store = rowstore.open_or_build(
+                rowstore.cache_root(self.cache_dir),
+                rowstore.manifest_key(self.manifest),
+                len(self),
+                self._row_bytes(),
+                str(self.directory),
+                decode,
+                keys,
+                min(4, os.cpu_count() or 1),
+            )
+        return self._store.path
+
+    def _groups(self, shard: int) -> range:
+        return range(len(self._file(shard)[1]))  # opens the shard: row counts checked
+
+    def _random_store(self) -> Optional[rowstore.RowStore]:
+        """The copy, when random access over a dataset larger than the row cache calls for it."""
+        if (
+            not self.random_access_copy
+            or len(self) * self._row_bytes() <= self.row_cache_bytes
+            or (self._store_looked and not self._store_wanted)
+        ):
+            return None
+        root, key = rowstore.cache_root(self.cache_dir), rowstore.manifest_key(self.manifest)
+        if not self._store_looked:  # a copy an earlier process wrote
+            self._store_looked = True
+            self._store = rowstore.open_store(root / "rows" / key, key, len(self))
+        if self._store is None and self._store_wanted:
             try:
-                batch = f.read_row_group(group).combine_chunks().to_batches()[0]
-            except (OSError, pa.ArrowException) as e:
-                raise ValueError(
-                    f"{self.shard_paths[shard]}: row group {group} cannot be decoded ({e}); the "
-                    "file is corrupt: rerun the kadyn-gen command in its manifest to rewrite it"
-                ) from None
-            self._cached = ((shard, group), to_torch(batch))
-        return self._cached[1]
+                self.prepare_random_access()
+            except OSError as e:
+                print(f"kadyn: no random-access copy ({e}); reading row groups", file=sys.stderr)
+                self.random_access_copy = False
+        return self._store
 
     def __getitem__(self, index: int) -> Row:
+        store = self._store if self._store is not None else self._random_store()
+        if store is not None:
+            return store.row(index)
         shard, group, row = self._locate(index)
         return {k: v[row] for k, v in self._group(shard, group).items()}
 
     def __getitems__(self, indices: Sequence[int]) -> list[Row]:
-        """Batched fetch for DataLoader: rows are grouped by row group, each decoded once."""
+        """Batched fetch for DataLoader: from the copy one gather per column, else rows grouped
+        by row group, each decoded once."""
+        store = self._store if self._store is not None else self._random_store()
+        if store is not None:
+            return store.rows(indices)
         located = [(self._locate(i), j) for j, i in enumerate(indices)]
         out: list[Optional[Row]] = [None] * len(indices)
         for (shard, group, row), j in sorted(located):

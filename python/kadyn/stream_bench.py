@@ -73,8 +73,9 @@ def copy_bound(batch: int, seq_len: int) -> Callable[[], int]:
     return step
 
 
-def _rate(step: Callable[[], int], seconds: float) -> float:
-    """Rows/s of `step` over at least `seconds` (and at least one call)."""
+def rate(step: Callable[[], int], seconds: float) -> float:
+    """Rows/s of `step` (returns the rows it made) over at least `seconds` (and at least one
+    call): the one timing loop of kadyn's benchmarks."""
     rows, start = 0, time.perf_counter()
     while True:
         rows += step()
@@ -119,13 +120,13 @@ def measure(
     per_slice = seconds / (2 * slices)
     bound_rates, stream_rates, ratios = [], [], []
     for _ in range(slices):
-        bound = _rate(bound_step, per_slice)
+        bound = rate(bound_step, per_slice)
         for _ in range(prefetch + 1):  # what the queue filled while the bound ran: untimed
             next(it)
-        rate = _rate(stream_step, per_slice)
+        stream_rate = rate(stream_step, per_slice)
         bound_rates.append(bound)
-        stream_rates.append(rate)
-        ratios.append(rate / bound)
+        stream_rates.append(stream_rate)
+        ratios.append(stream_rate / bound)
     return StreamVsBound(
         threads=threads,
         batch=batch,

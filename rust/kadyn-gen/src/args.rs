@@ -12,6 +12,7 @@ use kadyn_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::dir::Part;
 use crate::error::{from_core, GenError, Result};
 use crate::spec::{format_sampling, parse_sampling};
 
@@ -25,7 +26,11 @@ use crate::spec::{format_sampling, parse_sampling};
     name = "kadyn-gen",
     version,
     args_override_self = true,
-    after_help = "Exit status: 0 done, 1 failed (the one error line says why), 2 bad option, \
+    after_help = "Shard-parallel: `--part I/N` (0 <= I < N) writes only the I-th of N blocks \
+                  of shards into --out, so N processes (a Slurm array, a shell loop) write one \
+                  dataset together; then `kadyn-gen merge DIR` verifies every shard and writes \
+                  the card, world, vocab and manifest. The result is byte-identical to one run.\n\n\
+                  Exit status: 0 done, 1 failed (the one error line says why), 2 bad option, \
                   75 --out is in use by another process (retry later), 130 interrupted."
 )]
 pub struct Args {
@@ -82,6 +87,10 @@ pub struct Args {
     /// Output directory (created; must be empty, or hold this same dataset to resume it).
     #[arg(long)]
     pub out: PathBuf,
+    /// Write only block I of N of the shards (0 <= I < N), beside the other parts in --out;
+    /// `kadyn-gen merge DIR` then completes the dataset. Never changes the bytes.
+    #[arg(long, value_name = "I/N", value_parser = Part::parse)]
+    pub part: Option<Part>,
     /// No progress output (the summary line still goes to stdout).
     #[arg(long, short)]
     pub quiet: bool,
@@ -106,6 +115,60 @@ pub struct Options {
     pub seed: u64,
     pub world_seed: u64,
     pub shard_rows: u64,
+}
+
+impl Options {
+    /// The `kadyn-gen` command that writes this dataset into `out`.
+    pub fn command_line(&self, out: &str) -> String {
+        let mut line = format!(
+            "kadyn-gen --individuals {} --heldout {} --new {} --world-seed {} --samples {} \
+             --seq-len {} --sampling {} --split {} --population {} --facts {} --seed {} \
+             --shard-rows {} --batch-rows {}",
+            self.individuals,
+            self.heldout,
+            self.new,
+            self.world_seed,
+            self.samples,
+            self.seq_len,
+            self.sampling,
+            self.split,
+            self.population,
+            self.facts,
+            self.seed,
+            self.shard_rows,
+            self.batch_rows,
+        );
+        if self.pack {
+            line.push_str(" --pack");
+        }
+        line + " --out " + out
+    }
+
+    /// The command line these options came from, as parsed `Args` (what `kadyn-gen merge`
+    /// rebuilds from a directory's stored config).
+    pub fn to_args(&self, out: &std::path::Path) -> Args {
+        Args {
+            individuals: self.individuals,
+            heldout: self.heldout,
+            new: self.new,
+            samples: self.samples,
+            seq_len: Some(self.seq_len as u64),
+            batch_rows: self.batch_rows,
+            alpha: None,
+            sampling: Some(self.sampling.clone()),
+            split: self.split.clone(),
+            population: self.population.clone(),
+            facts: self.facts.clone(),
+            pack: self.pack,
+            seed: self.seed,
+            world_seed: self.world_seed,
+            threads: None,
+            shard_rows: self.shard_rows,
+            out: out.to_path_buf(),
+            quiet: false,
+            part: None,
+        }
+    }
 }
 
 fn real_facts() -> String {

@@ -1,22 +1,28 @@
-//! kadyn-gen: writes a kadyn dataset as Parquet shards plus a manifest, so that any Arrow reader
-//! (pyarrow, polars, DuckDB, HF `datasets`) can train on the exact rows of `kadyn.BiographyStream`.
+//! kadyn-gen: writes a kadyn dataset as a folder that any reader opens as it is (pyarrow, polars,
+//! DuckDB, HF `datasets`, `kadyn.load_dataset`), holding the exact rows of
+//! `kadyn.BiographyStream`.
 //!
 //! Row `k` of a dataset is row `k` of the stream with the same world, seed and sampling: both
 //! call `kadyn_core::RowBuilder`, there is no second implementation. The output directory holds
 //!
-//! - `shard-00000.parquet`, ...: rows `[i * shard_rows, (i + 1) * shard_rows)`, zstd, one row group
-//!   per `--batch-rows` rows, the stream's Arrow schema (DESIGN.md);
-//! - `world.parquet`: one row per individual of the population (the answer key);
+//! - `data/shard-00000-of-00004.parquet`, ...: rows `[i * shard_rows, (i + 1) * shard_rows)`,
+//!   zstd, one row group per `--batch-rows` rows, the stream's Arrow schema (DESIGN.md); the
+//!   folder holds nothing else, so `data/*.parquet` (or the folder) is exactly the rows;
+//! - `world/world.parquet`: one row per individual of the population (the answer key);
 //! - `vocab.json`: the token list and special ids;
+//! - `README.md`: the dataset card, whose YAML header declares the HF configs ([`card`]);
 //! - `manifest.json`, written last: config, schema, files with row counts and sha256, and each
 //!   shard's row groups with their own sha256 ([`manifest`]);
-//! - `.kadyn.lock`: held by the run writing the directory ([`lock`]); not part of the dataset.
+//! - hidden bookkeeping: the config, progress records and locks ([`dir`], [`lock`]).
 //!
-//! Runs are kill-safe and resumable (see [`dir`]); the same command gives the same bytes. Before
-//! anything is written the run checks its memory (one row group, one shard) against fixed caps
-//! and prints the projected size, refusing when it exceeds the free space of `--out`.
+//! Runs are kill-safe and resumable (see [`dir`]); the same command gives the same bytes. With
+//! `--part I/N` a run writes only its block of shards, so N processes write one dataset together,
+//! and [`merge`] completes it, byte-identical to a one-process run. Before anything is written
+//! the run checks its memory (one row group, one shard) against fixed caps and prints the
+//! projected size, refusing when it exceeds the free space of `--out`.
 
 pub mod args;
+pub mod card;
 pub mod dir;
 pub mod error;
 pub mod lock;
@@ -27,6 +33,7 @@ pub mod spec;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -36,7 +43,7 @@ use kadyn_core::{vocab, world_table, RowBuilder};
 use rayon::prelude::*;
 
 pub use args::{Args, DatasetConfig, Options};
-pub use dir::{FileRecord, RowGroupRecord, ShardPlan};
+pub use dir::{FileRecord, Part, RowGroupRecord, ShardPlan};
 pub use error::{GenError, Result};
 pub use manifest::{
     schema_description, Column, Manifest, VocabInfo, FORMAT, FORMAT_VERSION, ROW_GROUP_HASH,
@@ -45,10 +52,11 @@ pub use spec::{format_sampling, parse_sampling};
 
 use crate::dir::{
     check_shard, free_space, inspect, load_progress, prepare, save_progress, shards_to_check,
-    sync_dir, write_atomic, Progress, ShardCheck, Shards, MANIFEST_FILE, VOCAB_FILE, WORLD_FILE,
+    sync_dir, write_atomic, Progress, Records, Scope, ShardCheck, Shards, CARD_FILE, CONFIG_FILE,
+    MANIFEST_FILE, PROGRESS_FILE, VOCAB_FILE, WORLD_FILE,
 };
 use crate::error::IoContext;
-use crate::lock::DirLock;
+use crate::lock::{remove_part_locks, DirLock};
 use crate::report::{mb, Reporter};
 use crate::shard::{write_table, writer_properties, written_bytes_per_row, ShardWriter};
 
@@ -120,6 +128,8 @@ fn in_flight_groups(args: &Args, seq_len: usize, threads: usize) -> Result<usize
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub out: std::path::PathBuf,
+    /// The part written (`--part I/N`): its rows and shards only, and no manifest yet.
+    pub part: Option<Part>,
     pub rows: u64,
     pub tokens: u64,
     pub shards: usize,
@@ -133,9 +143,10 @@ pub struct Summary {
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.seconds.max(1e-9);
+        let part = self.part.map_or(String::new(), |p| format!("part {p}: "));
         write!(
             f,
-            "kadyn-gen: {} rows, {} tokens in {} shards at {}; {:.1} MB written in {:.2} s ({:.1} MB/s, {:.0} rows/s)",
+            "kadyn-gen: {part}{} rows, {} tokens in {} shards at {}; {:.1} MB written in {:.2} s ({:.1} MB/s, {:.0} rows/s)",
             self.rows,
             self.tokens,
             self.shards,
@@ -147,6 +158,13 @@ impl std::fmt::Display for Summary {
         )?;
         if self.shards_resumed > 0 {
             write!(f, "; {} shards were already complete", self.shards_resumed)?;
+        }
+        if self.part.is_some() {
+            write!(
+                f,
+                "; once every part is done: kadyn-gen merge {}",
+                self.out.display()
+            )?;
         }
         Ok(())
     }
@@ -175,22 +193,24 @@ fn write_vocab(dir: &Path, builder: &RowBuilder) -> Result<VocabInfo> {
     })
 }
 
-/// The shards already complete (verified against their records), by index. Damaged ones are
-/// named on stderr; records upgraded with row-group hashes are saved.
+/// The shards of `range` already complete (verified against their records), by index. Damaged
+/// ones are named on stderr (`rewriting it` unless `merging`, which only reports).
 fn complete_shards(
     args: &Args,
     dir: &Path,
     shards: &Shards,
-    progress: &mut Progress,
+    records: &BTreeMap<String, FileRecord>,
+    range: &Range<usize>,
+    merging: bool,
     pool: &rayon::ThreadPool,
 ) -> Result<BTreeMap<usize, FileRecord>> {
-    let candidates = shards_to_check(dir, shards, progress)?;
+    let candidates = shards_to_check(dir, shards, records, range)?;
     let checks: Vec<(usize, ShardCheck)> = pool.install(|| {
         candidates
             .par_iter()
             .map(|&i| {
                 let plan = shards.plan(i);
-                let record = progress.shards.get(&plan.file);
+                let record = records.get(&plan.file);
                 (i, check_shard(dir, &plan, record, args.batch_rows))
             })
             .collect()
@@ -203,40 +223,33 @@ fn complete_shards(
             }
             ShardCheck::Absent => {}
             ShardCheck::Damaged(why) => {
-                note(
-                    args.quiet,
-                    format!("{}: {why}; rewriting it", shards.plan(i).file),
-                );
+                let then = if merging { "" } else { "; rewriting it" };
+                note(args.quiet, format!("{}: {why}{then}", shards.plan(i).file));
             }
         }
-    }
-    let verified: BTreeMap<String, FileRecord> = complete
-        .values()
-        .map(|r| (r.file.clone(), r.clone()))
-        .collect();
-    if verified != progress.shards {
-        progress.shards = verified;
-        save_progress(dir, progress)?;
     }
     Ok(complete)
 }
 
-/// Prints the projected size of the dataset and refuses, before anything is written, when what
-/// remains to write exceeds the free space of `--out`'s filesystem. The bytes a row takes are
-/// measured by encoding the first row group in memory (biographies compress 5-10x, so the
-/// uncompressed rows × row bytes would refuse datasets that fit).
+/// Prints the projected size of the rows of `range` and refuses, before anything is written,
+/// when what remains to write exceeds the free space of `--out`'s filesystem. The bytes a row
+/// takes are measured by encoding the first row group in memory (biographies compress 5-10x,
+/// so the uncompressed rows × row bytes would refuse datasets that fit).
 fn check_space(
     args: &Args,
     dir: &Path,
     builder: &RowBuilder,
     shards: &Shards,
+    range: &Range<usize>,
     done: &BTreeMap<usize, FileRecord>,
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
-    let first_group = 0..args.batch_rows.min(args.shard_rows).min(args.samples);
+    let rows = shards.rows(range);
+    let samples = rows.end - rows.start;
+    let first_group = rows.start..rows.start + args.batch_rows.min(args.shard_rows).min(samples);
     let props = writer_properties(args.batch_rows as usize);
     let per_row = pool.install(|| written_bytes_per_row(builder, props, first_group))?;
-    let projected = (per_row * args.samples as f64).min(u64::MAX as f64) as u64;
+    let projected = (per_row * samples as f64).min(u64::MAX as f64) as u64;
     let done_bytes: u64 = done.values().map(|r| r.bytes).sum();
     let remaining = projected.saturating_sub(done_bytes);
     let free = free_space(dir);
@@ -247,7 +260,7 @@ fn check_space(
                 "needs about {} more ({} rows × ~{per_row:.0} bytes a row as written), but its \
                  filesystem has {} free; lower --samples or choose another --out",
                 human_bytes(remaining),
-                args.samples - done.values().map(|r| r.rows).sum::<u64>(),
+                samples - done.values().map(|r| r.rows).sum::<u64>(),
                 human_bytes(free)
             ),
         ));
@@ -259,25 +272,85 @@ fn check_space(
             ", {} of it still to write ({} of {} shards complete)",
             human_bytes(remaining),
             done.len(),
-            shards.count()
+            range.len()
         )
     };
+    let part = args.part.map_or(String::new(), |p| format!("part {p}: "));
     let free = free.map_or(String::new(), |f| format!("; {} free", human_bytes(f)));
     note(
         args.quiet,
         format!(
-            "{} rows in {} shards: about {} projected (~{per_row:.0} bytes a row as written){resumed}{free}",
-            args.samples,
-            shards.count(),
+            "{part}{samples} rows in {} shards: about {} projected (~{per_row:.0} bytes a row as written){resumed}{free}",
+            range.len(),
             human_bytes(projected),
         ),
     );
     Ok(())
 }
 
-/// Generates (or resumes, or re-verifies) the dataset `args` describes. `cancel` is polled
-/// between row-group windows on the calling thread (the Python binding checks for Ctrl-C there).
+/// Writes the files beside the rows: vocabulary, world table and card.
+fn write_shared_files(
+    dir: &Path,
+    config: &DatasetConfig,
+    builder: &RowBuilder,
+    props: &parquet::file::properties::WriterPropertiesPtr,
+    pool: &rayon::ThreadPool,
+) -> Result<(VocabInfo, FileRecord, u64)> {
+    let vocab = write_vocab(dir, builder)?;
+    let table = pool.install(|| world_table(builder.world(), builder.spec().population));
+    let world = write_table(dir, WORLD_FILE, &table, props.clone())?;
+    let card = card::card(config);
+    write_atomic(&dir.join(CARD_FILE), card.as_bytes())?;
+    let bytes = vocab.bytes + world.bytes + card.len() as u64;
+    Ok((vocab, world, bytes))
+}
+
+/// Whether a run writes rows or only checks and completes what parts wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Write,
+    Merge,
+}
+
+/// Generates (or resumes, or re-verifies) the dataset `args` describes, or with `--part I/N`
+/// its I-th block of shards. `cancel` is polled between row-group windows on the calling thread
+/// (the Python binding checks for Ctrl-C there).
 pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
+    generate(args, Mode::Write, cancel)
+}
+
+/// `kadyn-gen merge DIR`: completes a dataset whose shards were written by parts (`--part I/N`).
+/// Reads the config stored in `dir`, verifies every shard against its record, refuses (naming
+/// them) if any is missing or damaged, then writes the card, vocabulary, world table, the merged
+/// progress records and the manifest, exactly as a one-process run would have.
+pub fn merge(dir: &Path, threads: Option<u64>, quiet: bool) -> Result<Summary> {
+    let path = dir.join(CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(GenError::out(
+                dir,
+                format!(
+                    "holds no kadyn-gen dataset to merge (no {CONFIG_FILE}); write its parts \
+                     first (kadyn-gen ... --part I/N --out DIR)"
+                ),
+            ))
+        }
+        Err(e) => return Err(e).at(&path),
+    };
+    let config: DatasetConfig = serde_json::from_str(&text).map_err(|e| {
+        GenError::out(
+            dir,
+            format!("{CONFIG_FILE} is unreadable ({e}); delete the directory"),
+        )
+    })?;
+    let mut args = config.options.to_args(dir);
+    args.threads = threads;
+    args.quiet = quiet;
+    generate(&args, Mode::Merge, &|| false)
+}
+
+fn generate(args: &Args, mode: Mode, cancel: &dyn Fn() -> bool) -> Result<Summary> {
     let started = Instant::now();
     let threads = args.threads();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -289,36 +362,122 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
     let window = in_flight_groups(args, config.options.seq_len, threads)?;
     let config_json = serde_json::to_string_pretty(&config).expect("serialisable") + "\n";
     let dir = args.out.as_path();
+    let shards = Shards::new(args.samples, args.shard_rows);
+    let (scope, range) = match args.part {
+        Some(part) if part.count as usize > shards.count() => {
+            return Err(GenError::option(
+                "--part",
+                format!(
+                    "{part}: the dataset has {} shards (--samples / --shard-rows), fewer than \
+                     {} parts; use at most {} parts or a smaller --shard-rows",
+                    shards.count(),
+                    part.count,
+                    shards.count()
+                ),
+            ))
+        }
+        Some(part) => (Scope::Part(part), part.range(shards.count())),
+        None => (Scope::Whole, 0..shards.count()),
+    };
     // Held until this function returns (the kernel releases it if the process dies).
-    let _lock = DirLock::acquire(dir, PROGRAM)?;
+    let _lock = match scope {
+        Scope::Part(part) => DirLock::acquire_part(dir, PROGRAM, part)?,
+        Scope::Whole => DirLock::acquire(dir, PROGRAM)?,
+    };
     let resumed = inspect(dir, &config_json)?;
 
-    let shards = Shards::new(args.samples, args.shard_rows);
-    let mut progress = Progress::default();
+    let mut records = Records::default();
     if resumed {
-        let (loaded, warning) = load_progress(dir);
-        if let Some(warning) = warning {
+        let (loaded, warnings) = load_progress(dir)?;
+        for warning in warnings {
             note(args.quiet, warning);
         }
-        progress = loaded;
+        records = loaded;
     }
     // Verified before the space check (complete shards need no new space).
     let complete = if resumed {
-        complete_shards(args, dir, &shards, &mut progress, &pool)?
+        complete_shards(
+            args,
+            dir,
+            &shards,
+            &records.all,
+            &range,
+            mode == Mode::Merge,
+            &pool,
+        )?
     } else {
         BTreeMap::new()
     };
-    check_space(args, dir, &builder, &shards, &complete, &pool)?;
-    prepare(dir, &config_json, resumed)?;
+    if mode == Mode::Merge && complete.len() < range.len() {
+        let missing: Vec<String> = range
+            .clone()
+            .filter(|i| !complete.contains_key(i))
+            .take(3)
+            .map(|i| shards.plan(i).file)
+            .collect();
+        let more = range.len() - complete.len() - missing.len();
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        return Err(GenError::out(
+            dir,
+            format!(
+                "cannot be merged: {} of {} shards are missing or damaged ({}{more}); rerun \
+                 the parts that write them (--part I/N), or the command without --part to \
+                 write them here",
+                range.len() - complete.len(),
+                range.len(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    // The verified records are this run's: a whole run (or merge) folds every part's into
+    // the main progress file; a part keeps those of its block in its own.
+    let progress_file = match scope {
+        Scope::Part(part) => part.progress_file(),
+        Scope::Whole => PROGRESS_FILE.to_string(),
+    };
+    let mut progress = Progress {
+        shards: complete
+            .values()
+            .map(|r| (r.file.clone(), r.clone()))
+            .collect(),
+    };
+    if resumed {
+        let saved = match scope {
+            Scope::Part(_) => records.parts.get(&progress_file).cloned(),
+            Scope::Whole => Some(records.main.clone()),
+        };
+        let folding = scope == Scope::Whole && !records.parts.is_empty();
+        if saved.as_ref() != Some(&progress) || folding {
+            save_progress(dir, &progress_file, &progress)?;
+        }
+        if scope == Scope::Whole {
+            for name in records.parts.keys() {
+                std::fs::remove_file(dir.join(name)).at(&dir.join(name))?;
+            }
+        }
+    }
+    if mode == Mode::Write {
+        check_space(args, dir, &builder, &shards, &range, &complete, &pool)?;
+    }
+    let drop_manifest = scope == Scope::Whole || complete.len() < range.len();
+    prepare(dir, &config_json, resumed, scope, &shards, drop_manifest)?;
 
     let props = writer_properties(args.batch_rows as usize);
-    let vocab = write_vocab(dir, &builder)?;
-    let table = pool.install(|| world_table(builder.world(), builder.spec().population));
-    let world = write_table(&dir.join(WORLD_FILE), &table, props.clone())?;
-    drop(table);
-    let mut bytes_written = vocab.bytes + world.bytes;
+    let mut bytes_written = 0;
+    let shared = if scope == Scope::Whole {
+        let (vocab, world, bytes) = write_shared_files(dir, &config, &builder, &props, &pool)?;
+        bytes_written += bytes;
+        Some((vocab, world))
+    } else {
+        None
+    };
 
-    let mut reporter = Reporter::new(args.quiet, args.samples);
+    let rows = shards.rows(&range);
+    let mut reporter = Reporter::new(args.quiet, rows.end - rows.start);
     let writer = ShardWriter {
         builder: &builder,
         props: props.clone(),
@@ -328,7 +487,7 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
         pool: &pool,
     };
     let mut rows_written = 0;
-    for index in 0..shards.count() {
+    for index in range.clone() {
         let plan = shards.plan(index);
         if let Some(record) = complete.get(&index) {
             reporter.resumed(record);
@@ -350,44 +509,52 @@ pub fn run(args: &Args, cancel: &dyn Fn() -> bool) -> Result<Summary> {
         };
         // Record first, rename second: a shard under its final name always has a record.
         progress.shards.insert(plan.file.clone(), record.clone());
-        save_progress(dir, &progress)?;
+        save_progress(dir, &progress_file, &progress)?;
         std::fs::rename(&tmp, &final_path).at(&final_path)?;
-        sync_dir(dir)?;
+        sync_dir(final_path.parent().expect("inside data/"))?;
         bytes_written += record.bytes;
         rows_written += record.rows;
         reporter.written(&record, shard_started);
     }
     reporter.finish();
 
-    let records: Vec<FileRecord> = (0..shards.count())
+    let records: Vec<FileRecord> = range
+        .clone()
         .map(|i| progress.shards[&shards.plan(i).file].clone())
         .collect();
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        kadyn_version: kadyn_core::VERSION.into(),
-        schema: schema_description(config.options.seq_len, config.options.pack),
-        config,
-        vocab,
-        world_table: world,
-        row_group_hash: ROW_GROUP_HASH.into(),
-        total_rows: records.iter().map(|s| s.rows).sum(),
-        total_tokens: records.iter().filter_map(|s| s.tokens).sum(),
-        shards: records,
-    };
-    let json = serde_json::to_string_pretty(&manifest).expect("serialisable") + "\n";
-    write_atomic(&dir.join(MANIFEST_FILE), json.as_bytes())?;
-    bytes_written += json.len() as u64;
-    Ok(Summary {
+    let mut summary = Summary {
         out: dir.to_path_buf(),
-        rows: manifest.total_rows,
-        tokens: manifest.total_tokens,
-        shards: manifest.shards.len(),
+        part: args.part,
+        rows: records.iter().map(|s| s.rows).sum(),
+        tokens: records.iter().filter_map(|s| s.tokens).sum(),
+        shards: records.len(),
         shards_resumed: complete.len(),
         rows_written,
         bytes_written,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        seconds: 0.0,
+    };
+    if let Some((vocab, world)) = shared {
+        // No part runs (we hold the directory exclusively): their lock files can go.
+        remove_part_locks(dir)?;
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            kadyn_version: kadyn_core::VERSION.into(),
+            schema: schema_description(config.options.seq_len, config.options.pack),
+            config,
+            vocab,
+            world_table: world,
+            row_group_hash: ROW_GROUP_HASH.into(),
+            total_rows: summary.rows,
+            total_tokens: summary.tokens,
+            shards: records,
+        };
+        let json = serde_json::to_string_pretty(&manifest).expect("serialisable") + "\n";
+        write_atomic(&dir.join(MANIFEST_FILE), json.as_bytes())?;
+        summary.bytes_written += json.len() as u64;
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
 }
 
 /// clap's multi-line error as one line: the lines before `Usage:`, joined.
@@ -404,26 +571,66 @@ fn one_line(err: &clap::Error) -> String {
         .join(" ")
 }
 
-/// The whole command line: parses `argv` (program name first), runs, prints the summary to stdout
-/// or one `error: ...` line to stderr, and returns the exit code.
+/// Completes a dataset written in parts (`kadyn-gen ... --part I/N --out DIR`): verifies every
+/// shard, then writes the card, world, vocabulary and manifest.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "kadyn-gen merge",
+    version,
+    after_help = "Exit status: 0 merged, 1 failed (e.g. a shard missing: the line names it), \
+                  2 bad option, 75 DIR is in use (a part is still running)."
+)]
+pub struct MergeArgs {
+    /// The dataset directory the parts wrote into (their --out).
+    pub dir: std::path::PathBuf,
+    /// Worker threads for verifying shards [default: all cores].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
+    /// No progress output (the summary line still goes to stdout).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Parses `argv` as `T`, or returns the exit code after printing help, the version or one
+/// error line.
+fn parse_or_exit<T: Parser>(argv: Vec<OsString>) -> std::result::Result<T, i32> {
+    match T::try_parse_from(argv) {
+        Ok(args) => Ok(args),
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            Err(0)
+        }
+        Err(err) => {
+            eprintln!("{PROGRAM}: {}", one_line(&err));
+            Err(err.exit_code())
+        }
+    }
+}
+
+/// The whole command line: parses `argv` (program name first; `kadyn-gen merge DIR` for the
+/// merge step), runs, prints the summary to stdout or one `error: ...` line to stderr, and
+/// returns the exit code.
 pub fn main_with<I, T>(argv: I, cancel: &dyn Fn() -> bool) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = match Args::try_parse_from(argv) {
-        Ok(args) => args,
-        Err(err) if !err.use_stderr() => {
-            // --help and --version.
-            let _ = err.print();
-            return 0;
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let result = if argv.get(1).is_some_and(|a| a == "merge") {
+        let rest =
+            std::iter::once(OsString::from("kadyn-gen merge")).chain(argv[2..].iter().cloned());
+        match parse_or_exit::<MergeArgs>(rest.collect()) {
+            Ok(m) => merge(&m.dir, m.threads, m.quiet),
+            Err(code) => return code,
         }
-        Err(err) => {
-            eprintln!("{PROGRAM}: {}", one_line(&err));
-            return err.exit_code();
+    } else {
+        match parse_or_exit::<Args>(argv) {
+            Ok(args) => run(&args, cancel),
+            Err(code) => return code,
         }
     };
-    match run(&args, cancel) {
+    match result {
         Ok(summary) => {
             println!("{summary}");
             0

@@ -1,7 +1,8 @@
 //! `manifest.json`: the contract between the generator and every reader (`kadyn.load_dataset`,
-//! or any Parquet reader). It names the config, the schema and every file with its size and
-//! sha256, and, since format version 2, every shard's row groups with their own sha256, so that a
-//! reader can check each group as it reads it without hashing whole files first.
+//! or any Parquet reader). It names the config, the schema and every file (by its path relative
+//! to the dataset directory) with its size and sha256, and, since format version 2, every shard's
+//! row groups with their own sha256, so that a reader can check each group as it reads it without
+//! hashing whole files first.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,9 +11,11 @@ use crate::args::DatasetConfig;
 use crate::dir::FileRecord;
 
 pub const FORMAT: &str = "kadyn-dataset";
-/// 2: shards list their row groups (`row_groups`: rows and sha256 each; see
-/// [`ROW_GROUP_HASH`]). Version 1 manifests have none; they are still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the folder layout (`data/shard-I-of-N.parquet`, `world/world.parquet`, a `README.md`
+/// card): file names are paths relative to the dataset directory. 2: shards list their row
+/// groups (`row_groups`: rows and sha256 each; see [`ROW_GROUP_HASH`]). Version 1 manifests have
+/// none; older versions still parse (their files are named the same way, relative paths).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// How `row_groups[i].sha256` is computed, stored in the manifest for readers in other languages.
 pub const ROW_GROUP_HASH: &str = "sha256 over the row group's column chunks as stored in the \
@@ -77,7 +80,7 @@ pub fn schema_description(seq_len: usize, pack: bool) -> Vec<Column> {
         col(
             "individual",
             if pack { "list<uint32>" } else { "uint32" }.into(),
-            "which individual(s) of the population the row describes (rows of world.parquet)",
+            "which individual(s) of the population the row describes (rows of world/world.parquet)",
         ),
         col(
             "sample_index",
@@ -215,7 +218,7 @@ fn check(value: &Value, shape: &Shape, path: &str) -> Result<(), String> {
     }
 }
 
-/// Parses a manifest (version 1 or 2); the error names the first bad field, in words.
+/// Parses a manifest (version 1 to 3); the error names the first bad field, in words.
 pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     if !value.is_object() {

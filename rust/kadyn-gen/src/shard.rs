@@ -270,13 +270,16 @@ impl ShardWriter<'_> {
     }
 }
 
-/// Writes one record batch as a Parquet file at `path`, atomically; returns its record.
+/// Writes one record batch as a Parquet file at `dir/file` (`file` relative, as the manifest
+/// names it), atomically; returns its record.
 pub fn write_table(
-    path: &Path,
+    dir: &Path,
+    file: &str,
     batch: &RecordBatch,
     props: WriterPropertiesPtr,
 ) -> Result<FileRecord> {
-    let tmp = tmp_path(path);
+    let path = dir.join(file);
+    let tmp = tmp_path(&path);
     let perr = |e: parquet::errors::ParquetError| GenError::parquet(&tmp, e);
     let mut writer =
         ArrowWriter::try_new(create_sink(&tmp)?, batch.schema(), Some((*props).clone()))
@@ -284,13 +287,9 @@ pub fn write_table(
     writer.write(batch).map_err(perr)?;
     let sink = writer.into_inner().map_err(perr)?;
     let (sha256, bytes) = finish_sink(sink, &tmp)?;
-    fs::rename(&tmp, path).at(path)?;
+    fs::rename(&tmp, &path).at(&path)?;
     Ok(FileRecord {
-        file: path
-            .file_name()
-            .expect("a file")
-            .to_string_lossy()
-            .into_owned(),
+        file: file.to_string(),
         first_row: None,
         rows: batch.num_rows() as u64,
         tokens: None,

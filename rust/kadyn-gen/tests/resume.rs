@@ -46,19 +46,30 @@ fn never() -> bool {
     false
 }
 
-/// Every file of a dataset directory with its bytes (the lock file is not part of the dataset).
+/// Every file of a dataset directory (folders included, by relative path) with its bytes; the
+/// lock file is not part of the dataset.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                fs::read(e.path()).unwrap(),
-            )
-        })
-        .filter(|(name, _)| name != LOCK_FILE)
-        .collect()
+    fn walk(root: &Path, at: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in fs::read_dir(at).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let name = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                if name != LOCK_FILE {
+                    out.insert(name, fs::read(&path).unwrap());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
 }
 
 #[test]
@@ -67,10 +78,16 @@ fn plan_covers_every_row_once() {
     assert_eq!(shards.count(), 3);
     assert_eq!(shards.plan(0).rows, 0..1000);
     assert_eq!(shards.plan(2).rows, 2000..2500);
-    assert_eq!(shards.plan(2).file, "shard-00002.parquet");
-    assert_eq!(shards.index_of("shard-00002.parquet"), Some(2));
-    assert_eq!(shards.index_of("shard-00003.parquet"), None);
-    assert_eq!(shards.index_of("shard-2.parquet"), None);
+    assert_eq!(shards.plan(2).file, "data/shard-00002-of-00003.parquet");
+    assert_eq!(
+        shards.index_of("data/shard-00002-of-00003.parquet"),
+        Some(2)
+    );
+    assert_eq!(shards.index_of("data/shard-00003-of-00003.parquet"), None);
+    assert_eq!(shards.index_of("data/shard-00002-of-00004.parquet"), None);
+    assert_eq!(shards.index_of("data/shard-2-of-3.parquet"), None);
+    assert_eq!(shards.index_of("shard-00002-of-00003.parquet"), None);
+    assert_eq!(shards.rows(&(1..3)), 1000..2500);
     assert_eq!(Shards::new(1000, 1000).count(), 1);
     // Planned on demand: no list of 10^8 plans for 10^14 rows.
     let huge = Shards::new(100_000_000_000_000, 1_000_000);
@@ -92,8 +109,9 @@ fn same_command_same_bytes_whatever_the_threads() {
     for f in [
         "manifest.json",
         "vocab.json",
-        "world.parquet",
-        "shard-00002.parquet",
+        "README.md",
+        "world/world.parquet",
+        "data/shard-00002-of-00003.parquet",
     ] {
         assert!(sa.contains_key(f), "{f} missing");
     }
@@ -155,9 +173,9 @@ fn interrupted_run_resumes_to_identical_files() {
     let err = run(&args(cut.path(), &["--threads", "1"]), &cancel).unwrap_err();
     assert!(matches!(err, GenError::Interrupted));
     let partial = snapshot(cut.path());
-    assert!(partial.contains_key("shard-00000.parquet"));
-    assert!(partial.contains_key("shard-00001.parquet.tmp"));
-    assert!(!partial.contains_key("shard-00001.parquet"));
+    assert!(partial.contains_key("data/shard-00000-of-00003.parquet"));
+    assert!(partial.contains_key("data/shard-00001-of-00003.parquet.tmp"));
+    assert!(!partial.contains_key("data/shard-00001-of-00003.parquet"));
     assert!(!partial.contains_key("manifest.json"));
     let resumed = run(&args(cut.path(), &[]), &never).unwrap();
     assert_eq!(resumed.shards_resumed, 1);
@@ -170,12 +188,12 @@ fn damaged_or_unrecorded_shards_are_rewritten() {
     run(&args(full.path(), &[]), &never).unwrap();
     run(&args(dir.path(), &[]), &never).unwrap();
     // Same length, one byte changed: only the checksum can tell.
-    let shard = dir.path().join("shard-00001.parquet");
+    let shard = dir.path().join("data/shard-00001-of-00003.parquet");
     let mut bytes = fs::read(&shard).unwrap();
     bytes[100] ^= 0xff;
     fs::write(&shard, bytes).unwrap();
     // Truncated.
-    let shard0 = dir.path().join("shard-00000.parquet");
+    let shard0 = dir.path().join("data/shard-00000-of-00003.parquet");
     let len = fs::metadata(&shard0).unwrap().len();
     fs::write(&shard0, &fs::read(&shard0).unwrap()[..len as usize / 2]).unwrap();
     let summary = run(&args(dir.path(), &[]), &never).unwrap();
@@ -221,10 +239,28 @@ fn another_config_or_foreign_files_are_refused() {
 }
 
 #[test]
+fn a_dataset_in_the_old_flat_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&args(dir.path(), &[]), &never).unwrap();
+    // As kadyn-gen wrote shards before the data/ folder: beside the config.
+    fs::write(dir.path().join("shard-00000.parquet"), "old").unwrap();
+    let err = run(&args(dir.path(), &[]), &never).unwrap_err().to_string();
+    assert!(
+        err.contains("holds shard-00000.parquet beside its config: a dataset in an older"),
+        "{err}"
+    );
+}
+
+#[test]
 fn stale_tmp_files_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     run(&args(dir.path(), &[]), &never).unwrap();
-    fs::write(dir.path().join("shard-00007.parquet.tmp"), "half").unwrap();
+    fs::write(
+        dir.path().join("data/shard-00002-of-00003.parquet.tmp"),
+        "half",
+    )
+    .unwrap();
+    fs::write(dir.path().join("world/world.parquet.tmp"), "half").unwrap();
     fs::write(dir.path().join("manifest.json.tmp"), "half").unwrap();
     run(&args(dir.path(), &[]), &never).unwrap();
     assert!(!snapshot(dir.path()).keys().any(|k| k.ends_with(".tmp")));
@@ -310,7 +346,7 @@ fn manifest_lists_row_groups_with_their_hashes() {
     run(&args(dir.path(), &[]), &never).unwrap();
     let manifest: Manifest =
         serde_json::from_slice(&fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest.format_version, 2);
+    assert_eq!(manifest.format_version, 3);
     assert_eq!(manifest.row_group_hash, kadyn_gen::ROW_GROUP_HASH);
     for shard in &manifest.shards {
         let groups = shard.row_groups.as_ref().unwrap();
@@ -325,7 +361,7 @@ fn manifest_lists_row_groups_with_their_hashes() {
         assert_eq!(&kadyn_gen::shard::row_group_hashes(&path).unwrap(), groups);
     }
     // Each hash covers its own group: one changed byte in group 1's pages changes only hash 1.
-    let path = dir.path().join("shard-00000.parquet");
+    let path = dir.path().join("data/shard-00000-of-00003.parquet");
     let before = kadyn_gen::shard::row_group_hashes(&path).unwrap();
     let mut bytes = fs::read(&path).unwrap();
     let len = bytes.len();
