@@ -44,6 +44,9 @@ def test_logits_and_greedy_tokens_match(exported) -> None:
     assert (ours - theirs).abs().max().item() <= 1e-5
     prompt = ids[:, :24]
     greedy = hf.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None)
+    assert torch.equal(model.generate(prompt, 40, eos_id=None), greedy)
+    # With their defaults both stop at <eos> and pad finished rows with <pad>.
+    greedy = hf.generate(prompt, max_new_tokens=40, do_sample=False)
     assert torch.equal(model.generate(prompt, 40), greedy)
 
 

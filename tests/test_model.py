@@ -215,11 +215,33 @@ def test_too_long_input_is_refused() -> None:
 def test_generate_is_greedy() -> None:
     model = small()
     prompt = batch(B=1)[:, :4]
-    out = model.generate(prompt, max_new_tokens=3)
+    out = model.generate(prompt, max_new_tokens=3, eos_id=None)
     assert out.shape == (1, 7)
     assert torch.equal(out[:, :4], prompt)
     assert int(out[0, 4]) == int(model.logits(prompt)[0, -1].argmax())
     assert int(out[0, 6]) == int(model.logits(out[:, :6])[0, -1].argmax())
+
+
+def test_generate_stops_rows_at_eos(monkeypatch) -> None:
+    model = small()
+    # Row 0 says <eos> (2) at once, row 1 after two tokens; then only <eos> or 7 would follow.
+    script = {0: [2, 7, 7, 7], 1: [5, 6, 2, 7]}
+
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        step = ids.shape[1] - 4
+        out = torch.zeros(ids.shape[0], ids.shape[1], V)
+        for row, tokens in script.items():
+            out[row, -1, tokens[step]] = 1.0
+        return out
+
+    monkeypatch.setattr(model, "logits", logits)
+    prompt = batch(B=2)[:, :4]
+    out = model.generate(prompt, max_new_tokens=4)
+    assert out[:, 4:].tolist() == [[2, 0, 0], [5, 6, 2]]  # finished rows padded; stops when all are
+    assert model.generate(prompt, max_new_tokens=4, eos_id=None)[:, 4:].tolist() == [
+        [2, 7, 7, 7],
+        [5, 6, 2, 7],
+    ]
 
 
 def test_learns_a_batch() -> None:

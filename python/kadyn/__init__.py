@@ -15,6 +15,7 @@ from kadyn._native import (
     __version__,
     memory_limit,
 )
+from kadyn.checkpoint import load_model
 from kadyn.dataset import load_dataset
 from kadyn.interop import to_torch
 from kadyn.stream import BiographyStream
@@ -29,6 +30,7 @@ __all__ = [
     "World",
     "__version__",
     "load_dataset",
+    "load_model",
     "memory_limit",
     "to_torch",
 ]

@@ -97,7 +97,9 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[s
 
 
 def load_model(path: Union[str, Path], map_location: Any = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """The trained model of a checkpoint (eval mode) and the checkpoint dict (config, step...)."""
+    """The trained model of a run (its directory: the latest checkpoint) or of a checkpoint file,
+    in eval mode, and the checkpoint dict (`config`, `train_state` with the step, ...).
+    `kadyn.load_model(RUN)`, e.g. `model, ckpt = kadyn.load_model("runs/tiny-...")`."""
     state = load_checkpoint(path, map_location)
     try:
         model = GPT(ModelConfig(**state["model_config"]))

@@ -4,6 +4,11 @@ Every field of `TrainConfig` is at once a TOML key (presets in `kadyn/presets/*.
 `config.toml` written beside each run) and a command-line flag (`d_model` -> `--d-model`). Field
 metadata carries the help text, the group the field is written under, allowed choices and the
 numeric range, so that validation errors name the flag and the allowed range in one line.
+
+`kadyn-train --config FILE` layers a TOML file (a run's config.toml, or a few keys) between the
+preset and the flags; `--print-config` prints the result. A run's config.toml ends with a
+[provenance] table (`run_provenance`: versions, git commit, device, command line) that is never
+read back as settings.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import platform
+import shlex
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,11 +32,15 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
 from kadyn._native import MAX_SEQ_LEN
+from kadyn._native import __version__ as VERSION
+from kadyn.cli import add_version_flag
+from kadyn.reporting import parse_report_to
 
 SAMPLINGS = ("uniform", "power", "curriculum")
 POPULATIONS = ("train", "new")
 DEVICES = ("auto", "cpu", "cuda")
 PACKINGS = ("pad", "pack")
+PROVENANCE = "provenance"  # config.toml's table of how a run was run (not read back as settings)
 
 
 def _f(default: Any, help: str, group: str, **checks: Any) -> Any:
@@ -50,13 +63,24 @@ class TrainConfig:
     threads: int = _f(2, "torch intra-op threads on CPU", "run", ge=1)
     data_threads: int = _f(1, "threads of the Rust batch builder", "run", ge=1)
     seed: int = _f(0, "seed of the initialisation and of the sample stream", "run", ge=0)
-    progress: bool = _f(True, "show a tqdm progress bar", "run")
+    progress: bool = _f(
+        True,
+        "show progress: a tqdm bar on a terminal, else a plain line every --log-every steps",
+        "run",
+    )
     log_every: int = _f(
         10,
-        "steps between reads of the training loss (progress line and the non-finite check; the "
-        "only host syncs between evaluations)",
+        "steps between reads of the training loss and gradient norm (progress line, --report-to's "
+        "training scalars and the non-finite check; the only host syncs between evaluations)",
         "run",
         ge=1,
+    )
+    report_to: str = _f(
+        "",
+        "also log to these, comma-separated: tensorboard (OUT/tensorboard/), wandb, csv "
+        "(OUT/scalars.csv): training loss, lr and grad norm every --log-every steps, the "
+        "knowledge metrics at each evaluation",
+        "run",
     )
     allow_nonfinite: bool = _f(
         False,
@@ -65,9 +89,9 @@ class TrainConfig:
     )
     compile: bool = _f(
         True,
-        "torch.compile the training step (inductor; on CPU it needs a C++ compiler): the tiny "
-        "preset's steps ~1.4x faster for ~1 min of compiling; runs shorter than "
-        "kadyn.train.COMPILE_MIN_STEPS steps stay eager",
+        "torch.compile the training step (inductor; on CPU it needs a C++ compiler): tiny-preset "
+        "steps ~1.4x faster after ~100 s of compiling on a cold cache, so runs of fewer than "
+        "5000 steps (kadyn.train.COMPILE_MIN_STEPS) stay eager",
         "run",
     )
     twin: str = _f(
@@ -92,6 +116,12 @@ class TrainConfig:
     n_days: int = _f(31, "birth days 1..N (small worlds shrink the calendar)", "world", ge=1, le=31)
     n_months: int = _f(12, "birth months: the first N of the year", "world", ge=1, le=12)
     # --- data ---
+    data: str = _f(
+        "",
+        "train on this kadyn-gen dataset's rows, in order, instead of the live stream: its world, "
+        "sampling, population, --control and row length replace the flags'",
+        "data",
+    )
     population: str = _f("train", "population trained on", "data", choices=POPULATIONS)
     sampling: str = _f("uniform", "distribution over individuals", "data", choices=SAMPLINGS)
     alpha: float = _f(
@@ -251,6 +281,7 @@ class TrainConfig:
             raise ValueError("--init-checkpoint cannot be combined with --resume")
         if self.control and self.twin:
             raise ValueError("--twin draws a control beside a real run; --control trains one")
+        parse_report_to(self.report_to)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -267,6 +298,7 @@ RESUMABLE_FIELDS = frozenset(
         "data_threads",
         "progress",
         "log_every",
+        "report_to",
         "allow_nonfinite",
         "compile",
         "peak_tflops",
@@ -316,11 +348,18 @@ def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_toml(text: str, source: str) -> dict[str, Any]:
+    """The settings of a preset or config file; a run's [provenance] table is not among them."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{source}: invalid TOML ({e})") from None
+    doc.pop(PROVENANCE, None)
     return _check_types(_flatten(doc), source)
+
+
+def read_provenance(path: Path) -> dict[str, Any]:
+    """The [provenance] table of a run's config.toml ({} if it has none)."""
+    return dict(tomllib.loads(Path(path).read_text()).get(PROVENANCE, {}))
 
 
 def preset_names() -> list[str]:
@@ -359,13 +398,64 @@ def _toml_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
-def to_toml(config: TrainConfig) -> str:
-    """Serialise grouped like the presets; tomllib reads it back to an equal config."""
+def to_toml(config: TrainConfig, provenance: Optional[Mapping[str, Any]] = None) -> str:
+    """Serialise grouped like the presets; tomllib reads it back to an equal config. With
+    `provenance`, a last [provenance] table records it (what ran it, not what it computes:
+    `read_toml`, and so --config and --resume, ignore it)."""
     groups: dict[str, list[str]] = {}
     for f in fields(config):
         line = f"{f.name} = {_toml_value(getattr(config, f.name))}"
         groups.setdefault(f.metadata["group"], []).append(line)
+    if provenance:
+        groups[PROVENANCE] = [
+            f"{key} = {_toml_value(value)}"
+            for key, value in provenance.items()
+            if value is not None
+        ]
     return "\n".join(f"[{g}]\n" + "\n".join(lines) + "\n" for g, lines in groups.items())
+
+
+def run_provenance(device: str, command: Sequence[str]) -> dict[str, Any]:
+    """What a run's config.toml records of how it was run: the kadyn, torch and Python versions,
+    the git commit of kadyn's source when it runs from a checkout (and whether that has
+    uncommitted changes), the resolved device and the command line."""
+    import torch
+
+    commit, dirty = git_commit(Path(__file__).parent)
+    return {
+        "kadyn": VERSION,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": device,
+        "command": shlex.join(command),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def git_commit(source_dir: Path) -> tuple[Optional[str], Optional[bool]]:
+    """(HEAD commit, has uncommitted changes) of the checkout that holds `source_dir` as tracked
+    files; (None, None) when it is not one (an installed wheel) or git is missing or fails."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", "-C", str(source_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+
+    try:
+        # A wheel unpacked in a virtualenv inside some other repository is not that repository's
+        # code: the package's own files must be tracked.
+        git("ls-files", "--error-unmatch", "--", "__init__.py")
+        commit = git("rev-parse", "HEAD").stdout.strip()
+        changes = git("status", "--porcelain", "--untracked-files=no").stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, bool(changes.strip())
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -399,27 +489,61 @@ def build_parser(prog: str = "kadyn-train") -> argparse.ArgumentParser:
                 kwargs["choices"] = f.metadata["choices"]
                 kwargs.pop("metavar")
         group.add_argument(flag_name(f.name), dest=f.name, **kwargs)
+    meta = parser.add_argument_group("configuration")
+    meta.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="read settings from this TOML file (a run's config.toml, or a few keys of one) over "
+        "its preset; flags override it",
+    )
+    meta.add_argument(
+        "--print-config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the resolved settings (TOML, as config.toml holds them) and exit",
+    )
+    add_version_flag(parser, prog)
     return parser
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[TrainConfig, dict[str, Any]]:
-    """Parse flags over their preset; returns the config and the explicitly given flags.
+# Flags of the command line that are not settings of the run.
+CLI_ONLY = ("config", "print_config")
 
-    With --resume, the base is the run's saved config.toml instead of the preset, so that
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """Parse flags over their preset; returns the config and the explicitly given flags (with
+    --config FILE and --print-config, if given, under `config` and `print_config`).
+
+    Layers, each over the one before: the preset; --config FILE's settings; the flags. With
+    --resume, the base is the run's saved config.toml instead of the preset, so that
     `kadyn-train --out DIR --resume` continues whatever DIR was started with.
     """
     given = vars(build_parser().parse_args(argv))
-    if "alpha" in given and "sampling" not in given:
-        given["sampling"] = "power"  # --alpha A is power-law sampling, as in kadyn-gen
-    if given.get("resume") and given.get("out"):
-        base = saved_config(Path(given["out"]))
+    cli = {key: given.pop(key) for key in CLI_ONLY if key in given}
+    from_file = load_toml_file(Path(cli["config"]), "--config") if "config" in cli else {}
+    for layer in (from_file, given):
+        if "alpha" in layer and "sampling" not in layer:
+            layer["sampling"] = "power"  # --alpha A is power-law sampling, as in kadyn-gen
+    over = {**from_file, **given}
+    if over.get("resume") and over.get("out"):
+        base = saved_config(Path(over["out"]))
         if base is not None:
-            return TrainConfig(**{**base, **given}), given
-    preset = given.get("preset", TrainConfig.preset)
+            return TrainConfig(**{**base, **over}), {**given, **cli}
+    preset = over.get("preset", TrainConfig.preset)
     values = load_preset(preset)
     values["preset"] = preset
-    values.update(given)
-    return TrainConfig(**values), given
+    values.update(over)
+    return TrainConfig(**values), {**given, **cli}
+
+
+def load_toml_file(path: Path, what: str) -> dict[str, Any]:
+    """The settings a TOML file holds; a missing or unreadable file is a ValueError naming it."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ValueError(f"{what} {path}: {e.strerror or e}") from None
+    return read_toml(text, str(path))
 
 
 def saved_config(run_dir: Path) -> Optional[dict[str, Any]]:

@@ -446,6 +446,22 @@ class KadynDataset(Dataset):
             out[j] = {k: v[row] for k, v in self._group(shard, group).items()}
         return [r for r in out if r is not None]
 
+    def rows(self, start: int, stop: int) -> Row:
+        """Rows start..stop-1 (0 <= start < stop <= len) as one batch, each column stacked; read
+        row group by row group through the row cache (sequential reading decodes each once)."""
+        if not 0 <= start < stop <= len(self):
+            raise IndexError(f"rows {start}..{stop} out of range for {len(self)} rows")
+        parts: list[Row] = []
+        while start < stop:
+            shard, group, row = self._locate(start)
+            columns = self._group(shard, group)
+            n = min(stop - start, len(columns["sample_index"]) - row)
+            parts.append({k: v[row : row + n] for k, v in columns.items()})
+            start += n
+        if len(parts) == 1:
+            return parts[0]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
     def iter_batches(self) -> Iterator[Row]:
         """Every row group in order, as batch tensors (row-group sized: `--batch-rows`)."""
         for shard in range(len(self.shard_paths)):

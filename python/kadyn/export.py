@@ -28,6 +28,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from kadyn.checkpoint import CheckpointError, load_model
+from kadyn.cli import add_version_flag
 from kadyn.config import OneLineParser, TrainConfig
 from kadyn.model import GPT
 
@@ -157,6 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("run", type=Path, help="run directory (its checkpoint.pt) or checkpoint")
     parser.add_argument("--hf", type=Path, required=True, metavar="OUT", help="output folder")
+    add_version_flag(parser)
     args = parser.parse_args(argv)
     try:
         out = export_hf(args.run, args.hf)

@@ -27,6 +27,8 @@ from kadyn.kernels import attention, attribute_loss
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
 
 IGNORE_INDEX = -100
+# Fixed in every world's vocabulary (kadyn-core's vocab.rs).
+PAD_ID, EOS_ID = 0, 2
 
 
 @dataclass
@@ -261,15 +263,20 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: int = -1
+        self, input_ids: torch.Tensor, max_new_tokens: int, eos_id: Optional[int] = EOS_ID
     ) -> torch.Tensor:
-        """Greedy continuation of (B, T) prompts (stops early once every row produced eos_id)."""
+        """Greedy continuation of (B, T) prompts. A row that produced `eos_id` (<eos> by default;
+        None: never stop) is finished: it continues with <pad>, and generation stops once every
+        row is finished (as Hugging Face's `generate` pads finished rows)."""
         out = input_ids.long()
+        done = torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
         for _ in range(max_new_tokens):
-            window = out[:, -self.config.max_seq_len :]
-            next_id = self.logits(window)[:, -1].argmax(-1, keepdim=True)
-            out = torch.cat([out, next_id], dim=1)
-            if eos_id >= 0 and bool((next_id == eos_id).all()):
+            next_id = self.logits(out[:, -self.config.max_seq_len :])[:, -1].argmax(-1)
+            if eos_id is not None:
+                next_id = torch.where(done, PAD_ID, next_id)
+                done |= next_id == eos_id
+            out = torch.cat([out, next_id[:, None]], dim=1)
+            if eos_id is not None and bool(done.all()):
                 break
         return out
 

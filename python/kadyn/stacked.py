@@ -75,6 +75,7 @@ from kadyn.train import (
     check_resumable,
     claim_out_dir,
     eager_reason,
+    init_from_checkpoint,
     make_model_config,
     no_knowledge_levels,
     param_groups,
@@ -85,6 +86,7 @@ from kadyn.train import (
     run_eval,
     save_run,
     set_rng_state,
+    speed_summary,
     summary_line,
     throughput,
     truncate_metrics,
@@ -514,7 +516,7 @@ def _setup_member(
         member.records = read_metrics(metrics_path)
         log(f"resumed {out} at step {state.step}")
     elif config.init_checkpoint:
-        _init_from(model, model_config, config, device, log)
+        init_from_checkpoint(model, config.init_checkpoint, device, log)
     atomic_write_text(out / "config.toml", to_toml(dataclasses.replace(config, resume=False)))
     n_params, n_body = model.num_parameters(), model.num_parameters(embeddings=False)
     log(
@@ -528,32 +530,6 @@ def _setup_member(
         f"out {out}"
     )
     return member
-
-
-def _init_from(
-    model: GPT,
-    model_config: ModelConfig,
-    config: TrainConfig,
-    device: torch.device,
-    log: Callable[[str], None],
-) -> None:
-    """--init-checkpoint, as kadyn.train._train applies it (one shared helper there would do)."""
-    try:
-        ckpt = load_checkpoint(config.init_checkpoint, map_location=device)
-    except CheckpointError as e:
-        raise ValueError(f"--init-checkpoint: {e}") from None
-    for key, value in ckpt["model_config"].items():
-        if getattr(model_config, key) != value and key != "max_seq_len":
-            what = "vocab_size (set by the world's pool sizes)" if key == "vocab_size" else key
-            raise ValueError(
-                f"--init-checkpoint: model {what} is {value!r} there, "
-                f"{getattr(model_config, key)!r} now"
-            )
-    model.load_state_dict(ckpt["model"])
-    log(
-        f"initialised from {config.init_checkpoint} "
-        f"(step {ckpt.get('train_state', ckpt).get('step')})"
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -782,6 +758,7 @@ def _finish(m: Member, t_start: float) -> dict[str, Any]:
         **phase_summary(m.state, m.config, m.twin),
         "final": final,
         "wall_s": time.perf_counter() - t_start,
+        **speed_summary(m.records, m.config.batch_size * m.config.seq_len),
         "parameters": m.model.num_parameters(),
         "parameters_without_embeddings": m.model.num_parameters(embeddings=False),
     }

@@ -17,6 +17,9 @@ Choices worth knowing:
   one `TrainState`; as in torchtitan's CheckpointManager, a checkpoint is the `state_dict()` of
   each entry of one `{name: stateful}` dict (model, optimizer, scheduler, data, train_state) plus
   plain extras (rng, config, model_config), and a resume loads each entry back.
+- Numbers out: metrics.jsonl per evaluation (rank 0); --report-to also sends the training loss,
+  lr and gradient norm every --log-every steps and each evaluation's record to TensorBoard, W&B
+  or a CSV file (`kadyn.reporting`, which also draws the progress bar or, in a log, its lines).
 - Exact resume: the checkpoint holds the streams' positions, so a resumed run sees the very same
   batches; on CPU with fixed threads the metrics match an uninterrupted run.
 - --count-exposures: `TrainState` also counts, per individual of the trained population, the
@@ -39,7 +42,7 @@ import time
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -48,7 +51,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import kadyn
-from kadyn.batches import TrainBatches, make_sampling
+from kadyn.batches import (
+    DatasetBatches,
+    TrainBatches,
+    dataset_settings,
+    make_sampling,
+    open_dataset,
+)
 from kadyn.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -56,7 +65,15 @@ from kadyn.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from kadyn.config import RESUMABLE_FIELDS, TrainConfig, flag_name, parse_args, to_toml
+from kadyn.config import (
+    RESUMABLE_FIELDS,
+    TrainConfig,
+    flag_name,
+    parse_args,
+    run_provenance,
+    to_toml,
+)
+from kadyn.dataset import read_manifest
 from kadyn.evaluation import (
     METRICS,
     AttentionSource,
@@ -71,6 +88,7 @@ from kadyn.fileio import atomic_write, atomic_write_text
 from kadyn.model import GPT, ModelConfig, next_token_targets, trim_padding
 from kadyn.phases import Phases, band_sensitivity, detect_phases
 from kadyn.plots import plot_curves
+from kadyn.reporting import open_reporters, parse_report_to, progress, require
 from kadyn.runlock import LOCK_NAME, DirectoryInUse, DirectoryLock
 from kadyn.runtime import Runtime, autocast, setup_runtime
 from kadyn.twin import Twin, load_twin
@@ -122,6 +140,10 @@ class TrainState:
     # The last finite training loss read (mean over a log window) and its step: what a divergence
     # message reports. Not checkpointed: only messages read it.
     last_finite: Optional[tuple[int, float]] = None
+    # loss_sum and loss_count as of the last log read (host values): the log window's mean is
+    # the difference, so reading it costs no device op beyond the read itself.
+    logged_sum: float = 0.0
+    logged_count: int = 0
 
     @classmethod
     def start(
@@ -169,6 +191,27 @@ class TrainState:
             raise Diverged(self.divergence(f"non-finite training loss by step {self.step}"))
         return mean
 
+    def read_log_window(
+        self, allow_nonfinite: bool, grad_norm: Optional[torch.Tensor] = None
+    ) -> tuple[Optional[float], Optional[float]]:
+        """(mean step loss of this rank over the steps since the previous read, `grad_norm`'s
+        value): one host sync for both, at log intervals only. Raises `Diverged` if the loss
+        since the last eval is not finite, unless allowed (as `check_train_loss`)."""
+        values = [self.loss_sum]
+        if grad_norm is not None:
+            values.append(grad_norm.detach().to(self.loss_sum))
+        read = torch.stack(values).tolist()
+        total, count = read[0], self.loss_count
+        if count and math.isfinite(total):
+            self.last_finite = (self.step, total / count)
+        elif count and not allow_nonfinite:
+            raise Diverged(self.divergence(f"non-finite training loss by step {self.step}"))
+        window = None
+        if count > self.logged_count:
+            window = (total - self.logged_sum) / (count - self.logged_count)
+        self.logged_sum, self.logged_count = total, count
+        return window, (read[1] if grad_norm is not None else None)
+
     def divergence(self, what: str) -> str:
         if self.last_finite is not None:
             last = f"last finite training loss {self.last_finite[1]:.4f} at step "
@@ -192,6 +235,7 @@ class TrainState:
             dist.all_reduce(totals)
         self.loss_sum.zero_()
         self.loss_count = 0
+        self.logged_sum, self.logged_count = 0.0, 0
         return (totals[0] / totals[1]).item() if totals[1] > 0 else None
 
     def finite_history(self) -> tuple[list[int], list[float], list[float]]:
@@ -218,6 +262,8 @@ class TrainState:
             "eval_accs": list(self.eval_accs),
             "loss_sum": self.loss_sum.item(),
             "loss_count": self.loss_count,
+            "logged_sum": self.logged_sum,
+            "logged_count": self.logged_count,
             "level": self.level,
         }
         if self.exposures is not None and self.pending_exposures is not None:
@@ -233,6 +279,9 @@ class TrainState:
         self.eval_accs = [float(x) for x in state["eval_accs"]]
         self.loss_sum.fill_(float(state["loss_sum"]))
         self.loss_count = int(state["loss_count"])
+        # Older checkpoints lack the log window: it then starts at the resume.
+        self.logged_sum = float(state.get("logged_sum", state["loss_sum"]))
+        self.logged_count = int(state.get("logged_count", state["loss_count"]))
         # The run's own level, not a recomputation: the phases were detected against it.
         self.level = float(state["level"])
         if self.exposures is not None:
@@ -376,16 +425,37 @@ def build_scheduler(
     )
 
 
+def init_from_checkpoint(
+    model: GPT, path: str, device: torch.device, log: Callable[[str], None]
+) -> None:
+    """--init-checkpoint: `model`'s weights from a run's checkpoint or a model snapshot, whose
+    model config must be `model`'s (but for max_seq_len, which only sizes the RoPE tables)."""
+    try:
+        ckpt = load_checkpoint(path, map_location=device)
+    except CheckpointError as e:
+        raise ValueError(f"--init-checkpoint: {e}") from None
+    for key, value in ckpt["model_config"].items():
+        ours = getattr(model.config, key)
+        if ours != value and key != "max_seq_len":
+            what = "vocab_size (set by the world's pool sizes)" if key == "vocab_size" else key
+            raise ValueError(f"--init-checkpoint: model {what} is {value!r} there, {ours!r} now")
+    model.load_state_dict(ckpt["model"])
+    # A run's checkpoint keeps its step in train_state; a model snapshot at the top level.
+    log(f"initialised from {path} (step {ckpt.get('train_state', ckpt).get('step')})")
+
+
 # ----------------------------------------------------------------------------------------------
 # The training step
 
-# Runs shorter than this stay eager even with --compile: each trimmed length compiles once, which
-# with a cold inductor cache (~/.cache or $TORCHINDUCTOR_CACHE_DIR) costs tens of seconds of a
-# 2-core CPU (seconds with a warm one), against ~20 ms saved per tiny-preset step (`kadyn-bench
-# train` prints both), so fewer steps would not pay it back. Tests and smoke-scale experiments are
-# such runs. The rule reads --steps, not the steps left, so a resumed run computes as the run it
-# continues.
-COMPILE_MIN_STEPS = 500
+# Runs shorter than this stay eager even with --compile. Each trimmed length (three or four in a
+# tiny-preset run) compiles once; with a cold inductor cache ($TORCHINDUCTOR_CACHE_DIR, by default
+# under /tmp) that cost about 100 s of a 2-core CPU in the default run (65 s for its first 40
+# steps, 10-15 s at each new length), against ~21 ms saved per tiny-preset step (`kadyn-bench
+# train`: 51 ms compiled, 72 ms eager): ~5,000 steps to pay it back. So the default run (2,200
+# steps) stays eager, longer runs compile. With a warm cache compiling takes seconds, but a fresh
+# machine's first run is the one the README promises in minutes. The rule reads --steps, not the
+# steps left, so a resumed run computes as the run it continues.
+COMPILE_MIN_STEPS = 5000
 # Trimmed batches are a multiple of this long: with compiled steps, each length is a compilation.
 TRIM_MULTIPLE = 8
 
@@ -481,13 +551,17 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     grad_clip: float,
-) -> None:
-    """After backward: clip, step, advance the lr schedule, drop the gradients."""
+) -> Optional[torch.Tensor]:
+    """After backward: clip, step, advance the lr schedule, drop the gradients. Returns the
+    gradient norm before clipping (0-dim, on the device, not read: reading it is a host sync),
+    or None without clipping."""
+    grad_norm = None
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,6 +625,31 @@ def throughput(
         return None, None
     mfu = steps * flops_per_step / seconds / peak_flops if peak_flops else None
     return steps * tokens_per_step / seconds, mfu
+
+
+def speed_summary(records: Sequence[dict[str, Any]], tokens_per_step: int) -> dict[str, Any]:
+    """summary.json's speed, from the metrics records (so over every attempt of a resumed run):
+    the token positions trained (<pad> included), the training seconds (evaluations and
+    checkpoints left out: each record's tokens/s covers the steps since the previous record),
+    the mean tokens/s and MFU (CUDA only) over them."""
+    seconds, mfu_seconds, timed, timed_tokens = 0.0, 0.0, True, 0
+    for before, record in zip(records, records[1:]):
+        window = record["step"] - before["step"]
+        tokens_per_s = record.get("perf/tokens_per_s")
+        if window > 0 and tokens_per_s:
+            window_s = window * tokens_per_step / tokens_per_s
+            seconds += window_s
+            timed_tokens += window * tokens_per_step
+            mfu = record.get("perf/mfu")
+            timed = timed and mfu is not None
+            mfu_seconds += window_s * (mfu or 0.0)
+    tokens = records[-1]["step"] * tokens_per_step if records else 0
+    return {
+        "tokens": tokens,
+        "train_s": seconds,
+        "tokens_per_s": timed_tokens / seconds if seconds else None,
+        "mfu": mfu_seconds / seconds if seconds and timed else None,
+    }
 
 
 def publish(
@@ -715,6 +814,7 @@ def train(
     on_eval: Optional[EvalCallback] = None,
     on_step: Optional[StepCallback] = None,
     attention_source: Optional[AttentionSource] = None,
+    command: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """Train as configured; returns a summary dict (plateau, final metrics, out dir, timings).
 
@@ -722,17 +822,47 @@ def train(
     on_step(step, batch, model): after each optimizer step; batch holds this rank's tensors.
     attention_source(input_ids) -> {layer: pattern}: patch those layers' attention patterns, in
     training and evaluation (attention-patching twin model).
+    command: the command line config.toml records (default: this process's, sys.argv).
     """
+    config = with_dataset(config)
     config.validate()
     t_start = time.perf_counter()
     runtime = setup_runtime(config)
     try:
         out = Path(config.out or default_out(config))
-        with claim_out_dir(out, runtime):
-            return _train(config, out, runtime, t_start, on_eval, on_step, attention_source)
+        ran = (
+            run_provenance(describe_device(runtime), sys.argv if command is None else command)
+            if runtime.is_main
+            else {}
+        )
+        with claim_out_dir(out, runtime), contextlib.ExitStack() as cleanup:
+            return _train(
+                config, out, runtime, t_start, on_eval, on_step, attention_source, ran, cleanup
+            )
     finally:
         if runtime.owns_process_group:
             dist.destroy_process_group()
+
+
+def describe_device(runtime: Runtime) -> str:
+    """The resolved device, e.g. "cpu" or "cuda:0 (NVIDIA H200)", and the process count."""
+    device = runtime.device
+    name = str(device)
+    if device.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(device)})"
+    return name + (f" x {runtime.world_size} processes" if runtime.world_size > 1 else "")
+
+
+def with_dataset(config: TrainConfig) -> TrainConfig:
+    """With --data: `config` with what the dataset fixes (world, sampling, population, row
+    layout) taken from its manifest."""
+    if not config.data:
+        return config
+    try:
+        manifest = read_manifest(config.data)
+    except FileNotFoundError as e:
+        raise ValueError(f"--data: {e}") from None
+    return dataclasses.replace(config, **dataset_settings(manifest))
 
 
 @contextlib.contextmanager
@@ -766,9 +896,15 @@ def _train(
     on_eval: Optional[EvalCallback],
     on_step: Optional[StepCallback],
     attention_source: Optional[AttentionSource],
+    ran: dict[str, Any],
+    cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
+    """The run, in `out` (claimed); `ran` is config.toml's provenance, and `cleanup` closes the
+    --report-to writers however the run ends."""
     device = runtime.device
     metrics_path = out / METRICS
+    report_to = parse_report_to(config.report_to) if runtime.is_main else []
+    require(report_to)  # a missing package fails now, not after the set-up
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if runtime.is_main else (lambda msg: None)
     resume = config.resume and checkpoint_path(out).exists()
     if config.resume and not resume:
@@ -783,7 +919,11 @@ def _train(
 
     # --- world and data ---
     world = build_world(config)
-    data = TrainBatches(world, config, runtime)
+    data: Union[TrainBatches, DatasetBatches] = (
+        DatasetBatches(open_dataset(config), world, config, runtime)
+        if config.data
+        else TrainBatches(world, config, runtime)
+    )
     probes = build_probes(world, config, runtime)
     levels = no_knowledge_levels(world, config)
     state = TrainState.start(
@@ -821,26 +961,17 @@ def _train(
             truncate_metrics(metrics_path, state.step)
         log(f"resumed {out} at step {state.step}")
     elif config.init_checkpoint:
-        try:
-            ckpt = load_checkpoint(config.init_checkpoint, map_location=device)
-        except CheckpointError as e:
-            raise ValueError(f"--init-checkpoint: {e}") from None
-        for key, value in ckpt["model_config"].items():
-            # max_seq_len only sizes the RoPE tables; vocab_size follows the world's pools.
-            if getattr(model_config, key) != value and key != "max_seq_len":
-                what = "vocab_size (set by the world's pool sizes)" if key == "vocab_size" else key
-                raise ValueError(
-                    f"--init-checkpoint: model {what} is {value!r} there, "
-                    f"{getattr(model_config, key)!r} now"
-                )
-        model.load_state_dict(ckpt["model"])
-        # A run's checkpoint keeps its step in train_state; a model snapshot at the top level.
-        log(
-            f"initialised from {config.init_checkpoint} "
-            f"(step {ckpt.get('train_state', ckpt).get('step')})"
-        )
+        init_from_checkpoint(model, config.init_checkpoint, device, log)
     if runtime.is_main:
-        atomic_write_text(out / "config.toml", to_toml(dataclasses.replace(config, resume=False)))
+        atomic_write_text(
+            out / "config.toml", to_toml(dataclasses.replace(config, resume=False), ran)
+        )
+    # What a killed attempt logged after the checkpoint is replaced: the first step logged now
+    # is the checkpoint's next one (and at a fresh start, step 0's evaluation).
+    reporters = open_reporters(
+        report_to, out, config.to_dict(), state.step + 1 if state.step else 0
+    )
+    cleanup.callback(reporters.close)
 
     n_params, n_body = model.num_parameters(), model.num_parameters(embeddings=False)
     log(
@@ -875,17 +1006,19 @@ def _train(
         lr = scheduler.get_last_lr()[0]
         record = run_eval(state, *eval_args, lr=lr, perf=(None, None), t_start=t_start)
         publish(record, records, out, config, runtime, log, twin)
+        reporters.log_record(record)
         if state.exposures is not None and runtime.is_main:
             write_exposures(out, state)
         if on_eval is not None:
             on_eval(state.step, record, raw_model)
     model.train()
-    bar = tqdm(
-        total=config.steps,
+    # A tqdm bar on a terminal; in a log, a plain line every --log-every steps.
+    bar = progress(
+        config.steps,
         initial=state.step,
-        disable=not (config.progress and runtime.is_main),
-        dynamic_ncols=True,
         desc="train",
+        enabled=config.progress and runtime.is_main,
+        every=config.log_every,
     )
     train_seconds, steps_timed = 0.0, 0
     t0 = time.perf_counter()
@@ -895,7 +1028,7 @@ def _train(
             state.add_exposures(batch["exposed"])
         loss = step_loss(batch["input_ids"], attention_source)
         loss.backward()
-        optimizer_step(raw_model, optimizer, scheduler, config.grad_clip)
+        grad_norm = optimizer_step(raw_model, optimizer, scheduler, config.grad_clip)
         state.step += 1
         state.add_train_loss(loss)
         steps_timed += 1
@@ -903,10 +1036,16 @@ def _train(
         if on_step is not None:
             on_step(step, batch, raw_model)
         if step % config.log_every == 0 or step == config.steps:
-            window_loss = state.check_train_loss(config.allow_nonfinite)
+            # The loss and the gradient norm in one read: the only host sync between evals.
+            window_loss, norm = state.read_log_window(config.allow_nonfinite, grad_norm)
             seconds = max(train_seconds + time.perf_counter() - t0, 1e-9)
+            lr = float(scheduler.get_last_lr()[0])
+            reporters.log(
+                step, {"train/loss": window_loss, "train/lr": lr, "train/grad_norm": norm}
+            )
             bar.set_postfix(
                 loss=f"{window_loss:.3f}",
+                **({} if norm is None else {"grad_norm": f"{norm:.2f}"}),
                 phase=records[-1]["phase"] if records else 1,  # phases change only at evals
                 tok_s=f"{steps_timed * tokens_per_step / seconds:,.0f}",
             )
@@ -919,6 +1058,7 @@ def _train(
             lr = scheduler.get_last_lr()[0]
             record = run_eval(state, *eval_args, lr=lr, perf=perf, t_start=t_start)
             publish(record, records, out, config, runtime, log, twin)
+            reporters.log_record(record)
             if state.exposures is not None and runtime.is_main:
                 write_exposures(out, state)
             if on_eval is not None:
@@ -944,6 +1084,7 @@ def _train(
         **phase_summary(state, config, twin),
         "final": final,
         "wall_s": time.perf_counter() - t_start,
+        **speed_summary(records, tokens_per_step),
         "parameters": n_params,
         "parameters_without_embeddings": n_body,
     }
@@ -987,9 +1128,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
 
     try:
-        config, _ = parse_args(argv)
+        config, given = parse_args(argv)
+        config = with_dataset(config)
         config.validate()
-        train(config)
+        if given.get("print_config"):
+            print(to_toml(config), end="")
+            return 0
+        train(config, command=["kadyn-train", *(sys.argv[1:] if argv is None else argv)])
     except (ValueError, CheckpointError) as e:
         return fail(str(e), EXIT_USAGE)
     except DirectoryInUse as e:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from kadyn.cli import add_version_flag
 from kadyn.config import OneLineParser
 from kadyn.experiments import (
     alpha,
@@ -94,6 +95,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         prog=PROG,
         description="Redraw the findings of Zucchet et al. (2025) with kadyn; write report.md.",
     )
+    add_version_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     studies: dict[str, argparse.ArgumentParser] = {}
     for name, study in STUDIES.items():

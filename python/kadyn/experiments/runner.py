@@ -46,8 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from tqdm import tqdm
-
+from kadyn import reporting
 from kadyn.fileio import atomic_write_text
 
 if TYPE_CHECKING:  # kadyn.config at run time only: keeps `kadyn-exp --help` light
@@ -481,7 +480,10 @@ def run_all(
     # Split the cores between parallel runs: oversubscribed OpenMP threads slow everything down.
     threads = threads or max(1, cpu_count() // max(1, jobs))
     errors: list[str] = []
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=desc, disable=not progress)
+    # A tqdm bar on a terminal; in a log, a plain line per finished run.
+    bar = reporting.progress(
+        len(specs), initial=len(specs) - len(todo), desc=desc, enabled=progress
+    )
 
     def finish(unit: list[int], failures: Sequence[Optional[str]]) -> None:
         for i, failure in zip(unit, failures):
