@@ -19,6 +19,7 @@ from kadyn.batches import dataset_settings
 from kadyn.checkpoint import CheckpointError
 from kadyn.dataset import read_manifest
 from kadyn.gen import main as gen
+from kadyn.stacked import train_stacked
 from kadyn.train import build_world, main, train
 
 ROWS = 100  # fewer than the run reads: the second epoch starts at row 0
@@ -114,3 +115,16 @@ def test_print_config_shows_what_the_dataset_sets(dataset: Path, capsys) -> None
     assert main(["--data", str(dataset), "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "individuals = 24" in printed and 'sampling = "power"' in printed
+
+
+def test_stacked_members_read_the_dataset_too(tmp_path: Path, dataset: Path) -> None:
+    train(data_config(tmp_path / "solo", dataset, steps=8))
+    outcomes = train_stacked(
+        [data_config(tmp_path / f"m{seed}", dataset, steps=8, seed=seed) for seed in (0, 1)]
+    )
+    assert all(isinstance(o, dict) for o in outcomes)
+    solo, member = read_records(tmp_path / "solo"), read_records(tmp_path / "m0")
+    assert [r["step"] for r in member] == [r["step"] for r in solo]
+    for a, b in zip(solo, member):
+        assert b["eval/attr_loss"] == pytest.approx(a["eval/attr_loss"], rel=1e-4)
+        assert b["no_knowledge/level"] == pytest.approx(a["no_knowledge/level"], rel=1e-9)

@@ -55,10 +55,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kadyn.batches import TrainBatches
+from kadyn.batches import DatasetBatches, TrainBatches
 from kadyn.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
 from kadyn.config import TrainConfig, flag_name, to_toml
-from kadyn.evaluation import METRICS, Probe, build_probes, json_line, read_metrics
+from kadyn.evaluation import METRICS, Probe, json_line, read_metrics
 from kadyn.fileio import atomic_write_text
 from kadyn.kernels import attention, attribute_loss
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
@@ -70,18 +70,18 @@ from kadyn.train import (
     Stateful,
     StepLoss,
     TrainState,
+    build_inputs,
     build_scheduler,
-    build_world,
     check_resumable,
     claim_out_dir,
     eager_reason,
     init_from_checkpoint,
     make_model_config,
-    no_knowledge_levels,
     param_groups,
     phase_summary,
     publish,
     restore_run,
+    resumes,
     rng_state,
     run_eval,
     save_run,
@@ -90,6 +90,7 @@ from kadyn.train import (
     summary_line,
     throughput,
     truncate_metrics,
+    with_dataset,
     write_exposures,
 )
 from kadyn.twin import Twin, load_twin
@@ -423,7 +424,7 @@ class Member:
     out: Path
     log: Callable[[str], None]
     world: Any
-    data: TrainBatches
+    data: Union[TrainBatches, DatasetBatches]
     probes: dict[str, Probe]
     state: TrainState
     floor: float  # the value-table entropy
@@ -457,22 +458,9 @@ def _setup_member(
     """Everything kadyn.train._train sets up before its model is wrapped, for one member."""
     device = runtime.device
     metrics_path = out / METRICS
-    resume = config.resume and checkpoint_path(out).exists()
-    if config.resume and not resume:
-        log(f"--resume: {out} holds no checkpoint yet; starting from step 0")
-        metrics_path.unlink(missing_ok=True)
-    elif not config.resume and metrics_path.exists():
-        raise ValueError(f"--out {out} already holds a run; pass --resume or choose another --out")
+    resume = resumes(config, out, runtime, log)
     twin = load_twin(config.twin, config) if config.twin else None
-    world = build_world(config)
-    data = TrainBatches(world, config, runtime)
-    probes = build_probes(world, config, runtime)
-    levels = no_knowledge_levels(world, config)
-    state = TrainState.start(
-        levels["no_knowledge/level"],
-        device,
-        individuals=world.population_size(config.population) if config.count_exposures else None,
-    )
+    world, data, probes, levels, state = build_inputs(config, runtime)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model_config = make_model_config(config, world.vocab_size)
@@ -551,7 +539,7 @@ def train_stacked(
     Raises before training (ValueError, CheckpointError, OSError, DirectoryInUse) when the configs
     cannot stack or a member cannot start; Ctrl-C leaves each member at its last checkpoint.
     """
-    configs = list(configs)
+    configs = [with_dataset(config) for config in configs]
     for config in configs:
         config.validate()
         if not config.out:

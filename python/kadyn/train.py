@@ -888,6 +888,42 @@ def claim_out_dir(out: Path, runtime: Runtime) -> Iterator[None]:
         raise
 
 
+def resumes(config: TrainConfig, out: Path, runtime: Runtime, log: Callable[[str], None]) -> bool:
+    """Whether the run in `out` resumes from its checkpoint: --resume and a checkpoint there.
+    Refuses to start afresh over a run's metrics."""
+    resume = config.resume and checkpoint_path(out).exists()
+    if config.resume and not resume:
+        # Killed (or out of disk) before its first checkpoint: nothing to continue, so start as a
+        # fresh run would, instead of a dead end between "no checkpoint" and "pass --resume".
+        log(f"--resume: {out} holds no checkpoint yet; starting from step 0")
+        if runtime.is_main:
+            (out / METRICS).unlink(missing_ok=True)
+    elif not config.resume and (out / METRICS).exists():
+        raise ValueError(f"--out {out} already holds a run; pass --resume or choose another --out")
+    return resume
+
+
+def build_inputs(
+    config: TrainConfig, runtime: Runtime
+) -> tuple[Any, Union[TrainBatches, DatasetBatches], Any, dict[str, float], TrainState]:
+    """What a run reads, before its model: the world, this rank's training batches (the live
+    stream, or --data's rows), the probes, the no-knowledge levels and a fresh TrainState."""
+    world = build_world(config)
+    data: Union[TrainBatches, DatasetBatches] = (
+        DatasetBatches(open_dataset(config), world, config, runtime)
+        if config.data
+        else TrainBatches(world, config, runtime)
+    )
+    probes = build_probes(world, config, runtime)
+    levels = no_knowledge_levels(world, config)
+    state = TrainState.start(
+        levels["no_knowledge/level"],
+        runtime.device,
+        individuals=world.population_size(config.population) if config.count_exposures else None,
+    )
+    return world, data, probes, levels, state
+
+
 def _train(
     config: TrainConfig,
     out: Path,
@@ -906,31 +942,9 @@ def _train(
     report_to = parse_report_to(config.report_to) if runtime.is_main else []
     require(report_to)  # a missing package fails now, not after the set-up
     log = (lambda msg: tqdm.write(msg, file=sys.stderr)) if runtime.is_main else (lambda msg: None)
-    resume = config.resume and checkpoint_path(out).exists()
-    if config.resume and not resume:
-        # Killed (or out of disk) before its first checkpoint: nothing to continue, so start as a
-        # fresh run would, instead of a dead end between "no checkpoint" and "pass --resume".
-        log(f"--resume: {out} holds no checkpoint yet; starting from step 0")
-        if runtime.is_main:
-            metrics_path.unlink(missing_ok=True)
-    elif not config.resume and metrics_path.exists():
-        raise ValueError(f"--out {out} already holds a run; pass --resume or choose another --out")
+    resume = resumes(config, out, runtime, log)
     twin = load_twin(config.twin, config) if config.twin else None
-
-    # --- world and data ---
-    world = build_world(config)
-    data: Union[TrainBatches, DatasetBatches] = (
-        DatasetBatches(open_dataset(config), world, config, runtime)
-        if config.data
-        else TrainBatches(world, config, runtime)
-    )
-    probes = build_probes(world, config, runtime)
-    levels = no_knowledge_levels(world, config)
-    state = TrainState.start(
-        levels["no_knowledge/level"],
-        device,
-        individuals=world.population_size(config.population) if config.count_exposures else None,
-    )
+    world, data, probes, levels, state = build_inputs(config, runtime)
     floor = levels["no_knowledge/value_table_entropy"]
 
     # --- model and optimizer ---

@@ -2,13 +2,15 @@
 //! directory (side by side), and `kadyn-gen merge` completes it. Whatever the parts, the result is
 //! the one-process run's directory, byte for byte, manifest and bookkeeping included.
 
-use std::collections::BTreeMap;
+mod common;
+use common::{never, snapshot};
+
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
-use kadyn_gen::lock::{DirLock, LOCK_FILE};
+use kadyn_gen::lock::DirLock;
 use kadyn_gen::{main_with, merge, run, Args, GenError, Part};
 
 fn args(out: &Path, extra: &[&str]) -> Args {
@@ -34,35 +36,6 @@ fn args(out: &Path, extra: &[&str]) -> Args {
     argv.push(out.to_str().unwrap());
     argv.extend_from_slice(extra);
     Args::try_parse_from(argv).unwrap()
-}
-
-fn never() -> bool {
-    false
-}
-
-/// Every file under `dir` by relative path, but the folder lock.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, at: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(at).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let name = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                if name != LOCK_FILE {
-                    out.insert(name, fs::read(&path).unwrap());
-                }
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! damaged ones, interruption and resume, refusal of another config or of foreign files, and the
 //! rows themselves against the core's `RowBuilder`.
 
-use std::collections::BTreeMap;
+mod common;
+use common::{never, snapshot};
+
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +15,6 @@ use arrow_array::types::{Int32Type, UInt64Type};
 use clap::Parser;
 use kadyn_core::{RowBuilder, World};
 use kadyn_gen::dir::{Shards, PROGRESS_FILE};
-use kadyn_gen::lock::LOCK_FILE;
 use kadyn_gen::{run, Args, GenError, Manifest};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -40,36 +41,6 @@ fn args(out: &Path, extra: &[&str]) -> Args {
     argv.push(out.to_str().unwrap());
     argv.extend_from_slice(extra);
     Args::try_parse_from(argv).unwrap()
-}
-
-fn never() -> bool {
-    false
-}
-
-/// Every file of a dataset directory (folders included, by relative path) with its bytes; the
-/// lock file is not part of the dataset.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, at: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(at).unwrap() {
-            let path = e.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let name = path
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_string();
-                if name != LOCK_FILE {
-                    out.insert(name, fs::read(&path).unwrap());
-                }
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 #[test]
