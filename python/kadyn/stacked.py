@@ -63,6 +63,7 @@ from kadyn.fileio import atomic_write_text
 from kadyn.kernels import attention, attribute_loss
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
 from kadyn.model import GPT, ModelConfig, apply_rope, rope_tables
+from kadyn.reporting import progress
 from kadyn.runtime import Runtime, setup_runtime
 from kadyn.train import (
     Diverged,
@@ -675,12 +676,13 @@ def _train_members(members: list[Member], runtime: Runtime, t_start: float) -> l
                 ended[k] = e
         leave(ended)
     stacked.train()
-    bar = tqdm(
-        total=config.steps,
+    # A tqdm bar on a terminal; in a log, a plain line every --log-every steps.
+    bar = progress(
+        config.steps,
         initial=step,
-        disable=not any(m.config.progress for m in members),
-        dynamic_ncols=True,
         desc=f"train x{len(members)}",
+        enabled=any(m.config.progress for m in members),
+        every=config.log_every,
     )
     t0 = time.perf_counter()
     while members and step < config.steps:
