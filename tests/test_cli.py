@@ -62,7 +62,7 @@ def test_every_console_script_is_declared() -> None:
         ("kadyn-train", "kadyn.train:main"),
         ("kadyn-gen", "kadyn.gen:main"),
         ("kadyn-exp", "kadyn.experiments.cli:main"),
-        ("kadyn-bench", "kadyn.cli:bench"),
+        ("kadyn-bench", "kadyn.bench:main"),
         ("kadyn-export", "kadyn.export:main"),
     ):
         assert f'\n{script} = "{target}"' in text, script

@@ -52,6 +52,7 @@ import torch
 
 import kadyn
 from kadyn import _native
+from kadyn.cli import add_version_flag
 from kadyn.config import TrainConfig, make_config
 from kadyn.model import GPT
 from kadyn.stream_bench import copy_bound, measure, rate
@@ -243,6 +244,7 @@ def bench_memory(world: kadyn.World, batch: int, seq_len: int, threads: int, tok
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kadyn-bench", description=__doc__.split("\n\n")[0])
+    add_version_flag(p)
     p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--seq-len", type=int, default=128)

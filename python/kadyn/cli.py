@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "run the paper's studies, write report.md (kadyn-exp)",
     ),
-    "bench": ("kadyn.cli", "bench", "measure the data engine and the trainer (kadyn-bench)"),
+    "bench": ("kadyn.bench", "main", "measure the data engine and the trainer (kadyn-bench)"),
     "export": ("kadyn.export", "main", "a run's model as a Hugging Face folder (kadyn-export)"),
 }
 USAGE = "usage: kadyn [--version] {" + ",".join(COMMANDS) + "} ..."
@@ -88,17 +88,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if e.code is None or isinstance(e.code, int):
             return e.code or 0
         raise
-
-
-def bench(argv: Optional[Sequence[str]] = None) -> int:
-    """`kadyn-bench`, answering --version as every command does (kadyn.bench parses the rest)."""
-    from kadyn.bench import main as bench_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args == ["--version"]:
-        print(version_line("kadyn-bench"))
-        return 0
-    return bench_main(args)
 
 
 if __name__ == "__main__":
