@@ -32,6 +32,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test: tiny tensors run fastest so, and immune to a busy
+    machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def exact_fp32() -> Iterator[None]:
     """On CUDA, fp32 matmuls in full fp32 while a kernel is compared with torch: TF32 would blur
     both sides."""

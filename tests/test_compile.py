@@ -34,12 +34,7 @@ from kadyn.train import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model_and_batches(tmp_path: Path, n: int = 3) -> tuple[GPT, int, list[torch.Tensor]]:

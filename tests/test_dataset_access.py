@@ -9,9 +9,9 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
+from test_gen import flip_inside_pages
 from torch.utils.data import DataLoader
 
 import kadyn
@@ -170,20 +170,11 @@ def test_kadyn_cache_sets_the_default_place(
     assert ds.prepare_random_access().parent == tmp_path / "env" / "rows"
 
 
-def _flip_inside_pages(shard: Path, group: int) -> None:
-    """Changes one byte in the middle of row group `group`'s input_ids pages (not the footer)."""
-    column = pq.ParquetFile(shard).metadata.row_group(group).column(0)
-    assert column.path_in_schema.startswith("input_ids")
-    raw = bytearray(shard.read_bytes())
-    raw[column.data_page_offset + column.total_compressed_size // 2] ^= 0x01
-    shard.write_bytes(bytes(raw))
-
-
 def test_a_corrupt_row_group_raises_on_random_access(tmp_path: Path) -> None:
     out = tmp_path / "d"
     assert gen([*SMALL, "--out", str(out)]) == 0
     shard = kadyn.load_dataset(out, verify=False).shard_paths[1]
-    _flip_inside_pages(shard, 2)  # rows 1512..1767
+    flip_inside_pages(shard, 2)  # rows 1512..1767
     ds = opened(out, tmp_path / "cache", GROUP_BYTES)
     assert int(ds[1511]["sample_index"]) == 1511
     with pytest.raises(ValueError, match=r"row group 2 \(rows 1512\.\.1767\) differs from its"):

@@ -352,7 +352,7 @@ def test_alpha_is_power_law_sampling_and_conflicts_with_sampling(
     assert not c.exists()
 
 
-def _flip_inside_pages(shard: Path, group: int) -> None:
+def flip_inside_pages(shard: Path, group: int) -> None:
     """Changes one byte in the middle of row group `group`'s input_ids pages (not the footer)."""
     column = pq.ParquetFile(shard).metadata.row_group(group).column(0)
     assert column.path_in_schema.startswith("input_ids")
@@ -368,7 +368,7 @@ def test_a_corrupt_row_group_raises_even_without_verify(tmp_path: Path) -> None:
     assert manifest["format_version"] == 3 and "row_group_hash" in manifest
     # Shard 1 holds rows 1000..1999 in groups of 256: group 2 is rows 1512..1767.
     assert [g["rows"] for g in manifest["shards"][1]["row_groups"]] == [256, 256, 256, 232]
-    _flip_inside_pages(out / shard(1, 3), 2)
+    flip_inside_pages(out / shard(1, 3), 2)
     ds = kadyn.load_dataset(out, verify=False)
     assert int(ds[1511]["sample_index"]) == 1511  # the group before is intact
     with pytest.raises(
@@ -471,7 +471,7 @@ def test_rewritten_files_are_named_on_stderr(
     ref, out = tmp_path / "ref", tmp_path / "d"
     assert gen([*SMALL, "--out", str(ref)]) == 0
     assert gen([*SMALL, "--out", str(out)]) == 0
-    _flip_inside_pages(out / shard(1, 3), 0)
+    flip_inside_pages(out / shard(1, 3), 0)
     (out / shard(2, 3)).write_bytes((out / shard(2, 3)).read_bytes()[:-7])
     loud = [a for a in SMALL if a != "--quiet"]
     capfd.readouterr()
@@ -487,7 +487,7 @@ def test_rewritten_files_are_named_on_stderr(
     assert not any(f"{shard(0, 3)}: " in line for line in lines), lines
     assert files(out) == files(ref)
     # --quiet stays quiet.
-    _flip_inside_pages(out / shard(0, 3), 1)
+    flip_inside_pages(out / shard(0, 3), 1)
     assert gen([*SMALL, "--out", str(out)]) == 0
     assert capfd.readouterr().err == ""
     assert files(out) == files(ref)
@@ -505,7 +505,7 @@ def test_a_version_1_manifest_is_read_with_whole_file_checks(tmp_path: Path) -> 
     path.write_text(json.dumps(manifest))
     assert int(kadyn.load_dataset(out, verify=False)[1600]["sample_index"]) == 1600
     # No row-group hashes to check reads against: the shards are hashed whole, even so.
-    _flip_inside_pages(out / shard(1, 3), 2)
+    flip_inside_pages(out / shard(1, 3), 2)
     with pytest.raises(ValueError, match=r"shard-00001-of-00003\.parquet: sha256 differs"):
         kadyn.load_dataset(out, verify=False)
     # kadyn-gen upgrades the directory: the damaged shard rewritten, the manifest at version 3.
