@@ -13,6 +13,7 @@ from kadyn.model import (
     ModelConfig,
     apply_rope,
     next_token_targets,
+    rope_lanes,
     rope_tables,
     trim_padding,
 )
@@ -131,16 +132,44 @@ def test_parameter_counts() -> None:
 
 
 def test_rope_depends_only_on_relative_position() -> None:
-    cos, sin = rope_tables(32, 8, 10000.0)
-    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    cos, sin = rope_lanes(*rope_tables(32, 8, 10000.0), n_heads=1)
+    q, k = torch.randn(1, 1, 8), torch.randn(1, 1, 8)
 
     def score(m: int, n: int) -> float:
-        qm = apply_rope(q.expand(1, 1, 32, 8), cos, sin)[0, 0, m]
-        kn = apply_rope(k.expand(1, 1, 32, 8), cos, sin)[0, 0, n]
+        qm = apply_rope(q.expand(1, 32, 8), cos, sin, 8)[0, m]
+        kn = apply_rope(k.expand(1, 32, 8), cos, sin, 8)[0, n]
         return float(qm @ kn)
 
     assert score(5, 2) == pytest.approx(score(20, 17), abs=1e-5)
     assert score(5, 2) != pytest.approx(score(5, 4), abs=1e-3)
+
+
+def test_rope_is_bitwise_the_per_half_rotation() -> None:
+    """`apply_rope` on all heads' rows at once gives, bit for bit, the outputs and gradients of
+    the rotation written per head half (x1 cos - x2 sin | x1 sin + x2 cos), the form it replaced."""
+    B, T, H, Dh = 3, 20, 4, 16
+    cos, sin = rope_tables(T, Dh, 10000.0)
+    x = torch.randn(B, T, 3 * H * Dh, generator=torch.Generator().manual_seed(0))
+    grad = torch.randn(B, T, 2 * H * Dh, generator=torch.Generator().manual_seed(1))
+
+    def per_half(qkv: torch.Tensor) -> torch.Tensor:
+        heads = qkv[..., : 2 * H * Dh].unflatten(-1, (2 * H, Dh)).transpose(1, 2)  # (B, 2H, T, Dh)
+        x1, x2 = heads.chunk(2, dim=-1)
+        out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return out.transpose(1, 2).flatten(-2)
+
+    def lanes(qkv: torch.Tensor) -> torch.Tensor:
+        return apply_rope(qkv[..., : 2 * H * Dh], *rope_lanes(cos, sin, 2 * H), Dh)
+
+    outputs, grads = [], []
+    for rotate in (per_half, lanes):
+        leaf = x.clone().requires_grad_()
+        out = rotate(leaf)
+        out.backward(grad)
+        outputs.append(out.detach())
+        grads.append(leaf.grad)
+    assert torch.equal(outputs[0], outputs[1])
+    assert torch.equal(grads[0], grads[1])
 
 
 def test_next_token_targets_ignore_pad_and_last() -> None:

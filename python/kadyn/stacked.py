@@ -62,7 +62,7 @@ from kadyn.evaluation import METRICS, Probe, json_line, read_metrics
 from kadyn.fileio import atomic_write_text
 from kadyn.kernels import attention, attribute_loss
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
-from kadyn.model import GPT, ModelConfig, apply_rope, rope_tables
+from kadyn.model import GPT, ModelConfig, apply_rope, rope_lanes, rope_tables
 from kadyn.reporting import progress
 from kadyn.runtime import Runtime, setup_runtime
 from kadyn.train import (
@@ -191,7 +191,10 @@ class StackedGPT(nn.Module):
         self.weights = nn.ParameterList(
             nn.Parameter(torch.stack([p[name].detach() for p in by_member])) for name in self.names
         )
-        cos, sin = rope_tables(config.max_seq_len, config.head_dim, config.rope_base)
+        cos, sin = rope_lanes(
+            *rope_tables(config.max_seq_len, config.head_dim, config.rope_base),
+            2 * config.n_heads,
+        )
         self.rope_cos: torch.Tensor
         self.rope_sin: torch.Tensor
         self.register_buffer("rope_cos", cos.to(members[0].head_weight.device), persistent=False)
@@ -261,8 +264,10 @@ class StackedGPT(nn.Module):
             h = self._norm(x, self.weight(block + "attn_norm.weight"))
             qkv = linear(h, "attn.qkv.weight")
             # Members folded into attention's batch: (K * B, H, T, head_dim).
-            q, k, v = qkv.view(K * B, T, 3, H, c.head_dim).permute(2, 0, 3, 1, 4)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qkv = qkv.view(K * B, T, 3 * D)
+            qk = apply_rope(qkv[..., : 2 * D], cos, sin, c.head_dim)
+            q, k = qk.view(K * B, T, 2, H, c.head_dim).permute(2, 0, 3, 1, 4)
+            v = qkv[..., 2 * D :].view(K * B, T, H, c.head_dim).transpose(1, 2)
             y = attention(q, k, v, causal=True).transpose(1, 2).reshape(K, B * T, D)
             x = x + linear(y, "attn.proj.weight")
             h = self._norm(x, self.weight(block + "mlp_norm.weight"))
