@@ -148,3 +148,14 @@ def test_train_bench_quick(tmp_path) -> None:
     assert runs["d64", "reference"]["ratio_to_reference"] == 1.0
     for r in runs.values():
         assert r["tokens_per_s"] > 0 and r["step_ms"] > 0 and r["d_model"] == 64
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "allowed"),
+    [("--threads", "0", "[1, 1024]"), ("--threads", "-2", "[1, 1024]"), ("--warmup", "-1", "[0,")],
+)
+def test_train_bench_refuses_bad_counts(flag: str, value: str, allowed: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["train", flag, value])
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be an integer in {allowed}" in err and repr(value) in err

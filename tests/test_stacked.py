@@ -15,14 +15,16 @@ from typing import Any, Optional
 
 import pytest
 import torch
+from test_reporting import csv_scalars
 
 from kadyn.checkpoint import load_checkpoint
-from kadyn.config import TrainConfig, make_config
+from kadyn.config import TrainConfig, make_config, read_provenance
 from kadyn.evaluation import read_metrics
 from kadyn.experiments import cli, runner
 from kadyn.experiments.runner import RESULT, Context, RunSpec
 from kadyn.experiments.scales import SMOKE
 from kadyn.model import GPT, ModelConfig, next_token_targets
+from kadyn.reporting import CSV_FILE
 from kadyn.stacked import (
     StackedGPT,
     check_stackable,
@@ -210,13 +212,26 @@ def test_members_resume_only_from_one_step(tmp_path: Path) -> None:
 
 def test_a_member_equals_its_solo_run(tmp_path: Path) -> None:
     for i, m in enumerate(MEMBERS):
-        train(config(tmp_path / f"solo{i}", **m))
-    outcomes = train_stacked([config(tmp_path / f"stack{i}", **m) for i, m in enumerate(MEMBERS)])
+        train(config(tmp_path / f"solo{i}", **m, report_to="csv"))
+    outcomes = train_stacked(
+        [config(tmp_path / f"stack{i}", **m, report_to="csv") for i, m in enumerate(MEMBERS)],
+        command=["kadyn-exp", "all"],
+    )
     for i in range(len(MEMBERS)):
+        solo, member = tmp_path / f"solo{i}", tmp_path / f"stack{i}"
         assert isinstance(outcomes[i], dict)
-        assert_same_run(tmp_path / f"solo{i}", tmp_path / f"stack{i}")
+        assert_same_run(solo, member)
         for name in ("config.toml", "summary.json", "curves.png"):
-            assert (tmp_path / f"stack{i}" / name).exists(), name
+            assert (member / name).exists(), name
+        assert read_provenance(member / "config.toml")["command"] == "kadyn-exp all"
+        # --report-to: the solo run's scalars at the solo run's steps (train/* every log step).
+        a, b = csv_scalars(solo / CSV_FILE), csv_scalars(member / CSV_FILE)
+        assert a.keys() == b.keys() and "train/grad_norm" in b
+        for name, points in a.items():
+            assert [step for step, _ in b[name]] == [step for step, _ in points], name
+            if not name.startswith(("perf/", "time/")):
+                values = [v for _, v in points]
+                assert [v for _, v in b[name]] == pytest.approx(values, rel=RTOL, abs=1e-9), name
 
 
 def test_a_member_that_raises_leaves_and_the_others_go_on(tmp_path: Path) -> None:

@@ -40,3 +40,10 @@ def test_main_prints_the_line(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--seconds", "0.2", "--slices", "1", "--batch", "8", "--individuals", "20"]
     assert stream_bench.main(argv) == 0
     assert capsys.readouterr().out.startswith("stream (1 thread) / memcopy bound = ")
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--slices"])
+def test_main_refuses_counts_below_one(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        stream_bench.main([flag, "0"])
+    assert f"argument {flag}: must be an integer in [1, " in capsys.readouterr().err

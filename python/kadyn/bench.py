@@ -54,6 +54,7 @@ import kadyn
 from kadyn import _native
 from kadyn.cli import add_version_flag
 from kadyn.config import TrainConfig, make_config
+from kadyn.experiments.options import int_range
 from kadyn.model import GPT
 from kadyn.stream_bench import copy_bound, measure, rate
 from kadyn.train import (
@@ -495,9 +496,13 @@ def train_parse_args(argv: list[str]) -> argparse.Namespace:
         description="kadyn-train's step against a nanoGPT-equivalent plain PyTorch step, "
         "interleaved in one process.",
     )
-    p.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
-    p.add_argument("--steps", type=int, default=40, help="timed steps of each variant")
-    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (compilation)")
+    p.add_argument("--threads", type=int_range(1, 1024), default=2, help="torch threads on CPU")
+    p.add_argument(
+        "--steps", type=int_range(1, 1_000_000), default=40, help="timed steps of each variant"
+    )
+    p.add_argument(
+        "--warmup", type=int_range(0, 10_000), default=3, help="untimed first steps (compilation)"
+    )
     p.add_argument("--shapes", nargs="+", choices=sorted(TRAIN_SHAPES), default=list(TRAIN_SHAPES))
     p.add_argument(
         "--device",

@@ -57,13 +57,13 @@ from tqdm import tqdm
 
 from kadyn.batches import DatasetBatches, TrainBatches
 from kadyn.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
-from kadyn.config import TrainConfig, flag_name, to_toml
+from kadyn.config import TrainConfig, flag_name, run_provenance, to_toml
 from kadyn.evaluation import METRICS, Probe, json_line, read_metrics
 from kadyn.fileio import atomic_write_text
 from kadyn.kernels import attention, attribute_loss
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
 from kadyn.model import GPT, ModelConfig, apply_rope, rope_lanes, rope_tables
-from kadyn.reporting import progress
+from kadyn.reporting import Reporters, open_reporters, parse_report_to, progress, require
 from kadyn.runtime import Runtime, setup_runtime
 from kadyn.train import (
     Diverged,
@@ -75,6 +75,7 @@ from kadyn.train import (
     build_scheduler,
     check_resumable,
     claim_out_dir,
+    describe_device,
     eager_reason,
     init_from_checkpoint,
     make_model_config,
@@ -322,13 +323,16 @@ def stacked_optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     grad_clip: float,
-) -> None:
-    """`kadyn.train.optimizer_step` of a stack: each member clipped by its own norm."""
+) -> Optional[torch.Tensor]:
+    """`kadyn.train.optimizer_step` of a stack: each member clipped by its own norm. Returns the
+    (K,) gradient norms before clipping (on the device, not read), or None without clipping."""
+    norms = None
     if grad_clip > 0:
-        clip_grad_norms_(list(stacked.parameters()), grad_clip)
+        norms = clip_grad_norms_(list(stacked.parameters()), grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return norms
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,6 +444,7 @@ class Member:
     rng: dict[str, Any]  # what a solo run's checkpoints hold: the generators after its init
     records: list[dict[str, Any]]
     on_eval: Optional[EvalCallback]
+    reporters: Reporters  # its --report-to writers
     optimizer_state: Optional[dict[str, Any]] = None  # from its checkpoint, until stacked
     scheduler_state: Optional[dict[str, Any]] = None
     clock: float = 0.0  # the stack's training seconds at this member's last evaluation
@@ -460,8 +465,11 @@ def _setup_member(
     runtime: Runtime,
     log: Callable[[str], None],
     on_eval: Optional[EvalCallback],
+    ran: dict[str, Any],
+    cleanup: contextlib.ExitStack,
 ) -> Member:
-    """Everything kadyn.train._train sets up before its model is wrapped, for one member."""
+    """Everything kadyn.train._train sets up before its model is wrapped, for one member; `ran`
+    is config.toml's provenance, and `cleanup` closes the member's --report-to writers."""
     device = runtime.device
     metrics_path = out / METRICS
     resume = resumes(config, out, runtime, log)
@@ -488,6 +496,7 @@ def _setup_member(
         rng=rng,
         records=[],
         on_eval=on_eval,
+        reporters=Reporters(),
     )
     if resume:
         try:
@@ -511,7 +520,15 @@ def _setup_member(
         log(f"resumed {out} at step {state.step}")
     elif config.init_checkpoint:
         init_from_checkpoint(model, config.init_checkpoint, device, log)
-    atomic_write_text(out / "config.toml", to_toml(dataclasses.replace(config, resume=False)))
+    atomic_write_text(out / "config.toml", to_toml(dataclasses.replace(config, resume=False), ran))
+    # As a solo run: what a killed attempt logged after the checkpoint is replaced.
+    member.reporters = open_reporters(
+        parse_report_to(config.report_to),
+        out,
+        config.to_dict(),
+        state.step + 1 if state.step else 0,
+    )
+    cleanup.callback(member.reporters.close)
     n_params, n_body = model.num_parameters(), model.num_parameters(embeddings=False)
     log(
         f"model: {config.n_layers} layers, d_model {config.d_model}, {config.n_heads} heads, "
@@ -535,6 +552,7 @@ def train_stacked(
     *,
     on_eval: Optional[Sequence[Optional[EvalCallback]]] = None,
     logs: Optional[Sequence[Callable[[str], None]]] = None,
+    command: Optional[Sequence[str]] = None,
 ) -> list[Outcome]:
     """Train `configs` as one stack; returns, in `configs` order, each member's summary (the dict
     `kadyn.train.train` returns) or the exception that ended it: `Diverged`, or what its
@@ -542,6 +560,7 @@ def train_stacked(
 
     on_eval[k](step, record, model): after member k's evaluations, with its own `GPT`.
     logs[k](line): member k's progress lines (default: stderr, prefixed with its --out).
+    command: the command line each config.toml records (default: this process's, sys.argv).
     Raises before training (ValueError, CheckpointError, OSError, DirectoryInUse) when the configs
     cannot stack or a member cannot start; Ctrl-C leaves each member at its last checkpoint.
     """
@@ -561,13 +580,15 @@ def train_stacked(
         logs = [_stderr_log(out) for out in outs]
     if len(callbacks) != len(configs) or len(logs) != len(configs):
         raise ValueError("on_eval and logs need one entry per stacked run")
+    require(parse_report_to(configs[0].report_to))  # a missing package fails before the set-up
     t_start = time.perf_counter()
     runtime = setup_runtime(configs[0])
+    ran = run_provenance(describe_device(runtime), sys.argv if command is None else command)
     with contextlib.ExitStack() as claims:
         for out in outs:
             claims.enter_context(claim_out_dir(out, runtime))
         members = [
-            _setup_member(i, c, out, runtime, log, cb)
+            _setup_member(i, c, out, runtime, log, cb, ran, claims)
             for i, (c, out, log, cb) in enumerate(zip(configs, outs, logs, callbacks))
         ]
         return _train_members(members, runtime, t_start)
@@ -629,6 +650,7 @@ def _train_members(members: list[Member], runtime: Runtime, t_start: float) -> l
             t_start=t_start,
         )
         publish(record, m.records, m.out, m.config, runtime, m.log, m.twin)
+        m.reporters.log_record(record)
         if m.state.exposures is not None:
             write_exposures(m.out, m.state)
         if m.on_eval is not None:
@@ -698,7 +720,7 @@ def _train_members(members: list[Member], runtime: Runtime, t_start: float) -> l
         # Members' rows end to end: one trim (to the longest row of all) and one step.
         losses = step_loss(torch.cat([b["input_ids"] for b in batches]))
         losses.sum().backward()
-        stacked_optimizer_step(stacked, optimizer, scheduler, config.grad_clip)
+        norms = stacked_optimizer_step(stacked, optimizer, scheduler, config.grad_clip)
         step += 1
         ended = {}
         for k, m in enumerate(members):
@@ -707,9 +729,17 @@ def _train_members(members: list[Member], runtime: Runtime, t_start: float) -> l
             m.steps_timed += 1
             if step % m.config.log_every == 0 or step == config.steps:
                 try:
-                    m.state.check_train_loss(m.config.allow_nonfinite)
+                    # As a solo run: the window's loss and the gradient norm in one read.
+                    window_loss, norm = m.state.read_log_window(
+                        m.config.allow_nonfinite, None if norms is None else norms[k]
+                    )
                 except Diverged as e:
                     ended[k] = e
+                    continue
+                lr = float(scheduler.get_last_lr()[0])
+                m.reporters.log(
+                    step, {"train/loss": window_loss, "train/lr": lr, "train/grad_norm": norm}
+                )
         bar.update(1)
         due = [k for k, m in enumerate(members) if k not in ended and m.eval_due(step)]
         saving = [k for k, m in enumerate(members) if k not in ended and m.checkpoint_due(step)]

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 import kadyn
+from kadyn.experiments.options import int_range
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m kadyn.stream_bench", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int_range(1, 1024), default=1)
     p.add_argument("--seconds", type=float, default=6.0, help="time for all slices together")
-    p.add_argument("--slices", type=int, default=10)
+    p.add_argument("--slices", type=int_range(1, 10_000), default=10)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--individuals", type=int, default=10_000)

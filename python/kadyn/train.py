@@ -178,25 +178,12 @@ class TrainState:
         self.loss_sum += loss.detach().double()
         self.loss_count += 1
 
-    def check_train_loss(self, allow_nonfinite: bool) -> Optional[float]:
-        """Mean step loss of this rank since the last eval, read from the device accumulator (one
-        host sync, at log intervals only). Raises `Diverged` if it is not finite, unless
-        allowed."""
-        if self.loss_count == 0:
-            return None
-        mean = (self.loss_sum / self.loss_count).item()
-        if math.isfinite(mean):
-            self.last_finite = (self.step, mean)
-        elif not allow_nonfinite:
-            raise Diverged(self.divergence(f"non-finite training loss by step {self.step}"))
-        return mean
-
     def read_log_window(
         self, allow_nonfinite: bool, grad_norm: Optional[torch.Tensor] = None
     ) -> tuple[Optional[float], Optional[float]]:
         """(mean step loss of this rank over the steps since the previous read, `grad_norm`'s
         value): one host sync for both, at log intervals only. Raises `Diverged` if the loss
-        since the last eval is not finite, unless allowed (as `check_train_loss`)."""
+        since the last eval is not finite, unless allowed."""
         values = [self.loss_sum]
         if grad_norm is not None:
             values.append(grad_norm.detach().to(self.loss_sum))
