@@ -436,9 +436,10 @@ def init_from_checkpoint(
 
 # Runs shorter than this stay eager even with --compile. Each trimmed length (three or four in a
 # tiny-preset run) compiles once; with a cold inductor cache ($TORCHINDUCTOR_CACHE_DIR, by default
-# under /tmp) that cost about 100 s of a 2-core CPU in the default run (65 s for its first 40
-# steps, 10-15 s at each new length), against ~21 ms saved per tiny-preset step (`kadyn-bench
-# train`: 51 ms compiled, 72 ms eager): ~5,000 steps to pay it back. So the default run (2,200
+# under /tmp) that cost 80-100 s of a 2-core CPU (measured again after the rotary change: 38 s for
+# the first length, 14-16 s for each of three more), against 16-21 ms saved per tiny-preset step
+# (45 ms compiled, 61 ms eager in plain loops; 51 and 72 ms in `kadyn-bench train`): about 5,000
+# steps to pay it back. So the default run (2,200
 # steps) stays eager, longer runs compile. With a warm cache compiling takes seconds, but a fresh
 # machine's first run is the one the README promises in minutes. The rule reads --steps, not the
 # steps left, so a resumed run computes as the run it continues.
