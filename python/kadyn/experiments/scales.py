@@ -120,9 +120,9 @@ class Scale:
     # Runs per stacked group (kadyn.stacked) unless --stack says otherwise; 1 = each run alone.
     # Not on CPU: fp32 matmuls of a tiny run's 3200-token batch already run at 94-155 GFLOP/s on
     # one core here (AVX-512, near its peak), so stacking saves only per-op overhead. Measured on
-    # two cores (benches/stacked_sweep.py): one stacked step of 4 tiny models 0.96x the time of 4
-    # solo steps; whole sweeps of K = 4 0.5-1.1x the model-steps/s of two one-thread solo runs at
-    # a time, depending on the machine's load. Small models leave an accelerator mostly idle, so
+    # two cores (benches/stacked_sweep.py): one stacked step of 4 tiny models at 0.88-0.96x the
+    # speed of 4 solo steps; whole sweeps of K = 4 at 0.98-1.00x the model-steps/s of two
+    # one-thread solo runs at a time on a quiet machine (0.5x under load). Small models leave an accelerator mostly idle, so
     # the gpu scale stacks (not measured: no GPU here).
     stack: int = 1
 
