@@ -265,10 +265,11 @@ class StackedGPT(nn.Module):
             h = self._norm(x, self.weight(block + "attn_norm.weight"))
             qkv = linear(h, "attn.qkv.weight")
             # Members folded into attention's batch: (K * B, H, T, head_dim).
-            qkv = qkv.view(K * B, T, 3 * D)
-            qk = apply_rope(qkv[..., : 2 * D], cos, sin, c.head_dim)
+            # As GPT's attention: q and k rotated together (split, whose backward concatenates).
+            qk, v = qkv.view(K * B, T, 3 * D).split([2 * D, D], dim=-1)
+            qk = apply_rope(qk, cos, sin, c.head_dim)
             q, k = qk.view(K * B, T, 2, H, c.head_dim).permute(2, 0, 3, 1, 4)
-            v = qkv[..., 2 * D :].view(K * B, T, H, c.head_dim).transpose(1, 2)
+            v = v.view(K * B, T, H, c.head_dim).transpose(1, 2)
             y = attention(q, k, v, causal=True).transpose(1, 2).reshape(K, B * T, D)
             x = x + linear(y, "attn.proj.weight")
             h = self._norm(x, self.weight(block + "mlp_norm.weight"))
