@@ -21,6 +21,8 @@ The comparisons, each measured when its change was made:
 - `clip`: `clip_grad_norm_` vs the same clipping compiled into one graph (not adopted: no gain
   measurable);
 - `adamw`: foreach AdamW (torch's CPU default, nanoGPT's) vs fused AdamW;
+- `rope`: eager, rotary embeddings applied per head half to permuted q and k views (as before) vs
+  on all heads' rows at once (`kadyn.model.apply_rope`; bitwise the same numbers);
 - `overall`: the step as it was before issue 14 (eager, full batch, int64 ids, clip_grad_norm_)
   vs the trainer's step now.
 `kadyn-bench train` compares the trainer's step with the nanoGPT-equivalent reference instead.
@@ -32,7 +34,8 @@ import argparse
 import dataclasses
 import statistics
 import time
-from typing import Any, Callable
+import types
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -40,7 +43,7 @@ import kadyn
 import kadyn.model
 from kadyn.config import TrainConfig, make_config
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
-from kadyn.model import GPT
+from kadyn.model import GPT, CausalSelfAttention
 from kadyn.train import (
     StepLoss,
     build_scheduler,
@@ -67,17 +70,46 @@ def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> Non
         g.mul_(coef)
 
 
+def per_half_attention(
+    self: CausalSelfAttention,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    return_attention: bool = False,
+    pattern: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, None]:
+    """`CausalSelfAttention.forward`'s training path as it was before the rotary change: q, k
+    and v as permuted views of the projection, q and k each rotated per head half."""
+    B, T, D = x.shape
+    H, Dh = self.n_heads, self.head_dim
+    q, k, v = self.qkv(x).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)
+    # The (T, Dh/2) tables back from GPT's lanes: cos twice per head, then -sin and sin.
+    c = cos[:T].unflatten(-1, (-1, 2, Dh // 2))[:, 0, 0]
+    s = sin[:T].unflatten(-1, (-1, 2, Dh // 2))[:, 0, 1]
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        t1, t2 = t.chunk(2, dim=-1)
+        return torch.cat([t1 * c - t2 * s, t1 * s + t2 * c], dim=-1)
+
+    y = kadyn.model.attention(rotate(q), rotate(k), v, causal=True)
+    return self.proj(y.transpose(1, 2).reshape(B, T, D)), None
+
+
 class Step:
     """A model, optimizer and schedule, and how one step runs; `step(ids)` returns the loss.
 
     opts: trim, compile (bool), long (int64 ids), clip ("eager" or "compiled"), adamw ("fused" or
-    "foreach"), loss ("kadyn" or "cross_entropy"); the defaults are the trainer's."""
+    "foreach"), loss ("kadyn" or "cross_entropy"), rope ("lanes" or "per-half"); the defaults
+    are the trainer's."""
 
     def __init__(self, config: TrainConfig, vocab: int, pad_id: int, **opts: Any) -> None:
         self.opts = {"trim": True, "compile": True, "long": False, "clip": "eager", **opts}
         torch.manual_seed(config.seed)
         self.model = GPT(make_model_config(config, vocab))
         self.model.train()
+        if self.opts.get("rope") == "per-half":
+            for block in self.model.blocks:
+                block.attn.forward = types.MethodType(per_half_attention, block.attn)
         adamw = self.opts.get("adamw", "fused")
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config.weight_decay),
@@ -159,6 +191,7 @@ COMPARISONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "loss-formula": (dict(loss="cross_entropy"), {}),
     "clip": (dict(clip="eager"), dict(clip="compiled")),
     "adamw": (dict(adamw="foreach"), dict(adamw="fused")),
+    "rope": (dict(compile=False, rope="per-half"), dict(compile=False)),
     "overall": (OLD, {}),
 }
 
