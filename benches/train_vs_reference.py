@@ -16,57 +16,33 @@ deterministic-kernel setting as the trainer.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import torch
 
 import kadyn
+from kadyn.bench import load_bench_module, reference_step
 from kadyn.config import TrainConfig, make_config
 from kadyn.experiments.options import int_range
 from kadyn.train import build_world, train
 
 
-def load_reference() -> ModuleType:
-    path = Path(__file__).with_name("nanogpt_reference.py")
-    spec = importlib.util.spec_from_file_location("nanogpt_reference", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def reference_tokens_per_s(config: TrainConfig, steps: int) -> float:
     """Tokens/s of `steps` reference steps over the run's stream (after 5 untimed ones)."""
-    reference = load_reference()
+    path = Path(__file__).with_name("nanogpt_reference.py")
+    reference = load_bench_module("nanogpt_reference", str(path))
+    assert reference is not None  # it sits beside this file
     world = build_world(config)
     stream = kadyn.BiographyStream(
         world, batch_size=config.batch_size, seq_len=config.seq_len, seed=config.seed
     )
     it = iter(stream)
-    torch.manual_seed(config.seed)
-    shape = reference.ReferenceConfig(
-        vocab_size=world.vocab_size,
-        block_size=config.seq_len,
-        n_layer=config.n_layers,
-        n_head=config.n_heads,
-        n_embd=config.d_model,
-        d_mlp=config.d_mlp,
-    )
-    step = reference.ReferenceStep(
-        shape,
-        torch.device("cpu"),
-        world.pad_id,
-        compile=False,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        grad_clip=config.grad_clip,
+    step = reference_step(
+        reference, config, world.vocab_size, world.pad_id, torch.device("cpu"), compiled=False
     )
     for _ in range(5):
         step(kadyn.to_torch(next(it))["input_ids"])

@@ -420,6 +420,37 @@ class KadynStep:
         return loss.detach()
 
 
+def reference_step(
+    reference: types.ModuleType,
+    config: TrainConfig,
+    vocab: int,
+    pad_id: int,
+    device: torch.device,
+    compiled: bool,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The nanoGPT-equivalent step (`benches/nanogpt_reference.py`, loaded as `reference`) at
+    `config`'s shape and optimizer settings, initialised from its seed."""
+    torch.manual_seed(config.seed)
+    shape = reference.ReferenceConfig(
+        vocab_size=vocab,
+        block_size=config.seq_len,
+        n_layer=config.n_layers,
+        n_head=config.n_heads,
+        n_embd=config.d_model,
+        d_mlp=config.d_mlp,
+    )
+    step: Callable[[torch.Tensor], torch.Tensor] = reference.ReferenceStep(
+        shape,
+        device,
+        pad_id,
+        compile=compiled,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip,
+    )
+    return step
+
+
 def train_steps(
     reference: types.ModuleType,
     config: TrainConfig,
@@ -434,24 +465,7 @@ def train_steps(
         if name.startswith("kadyn"):
             steps[name] = KadynStep(config, vocab, pad_id, device, compiled)
         else:
-            torch.manual_seed(config.seed)
-            shape = reference.ReferenceConfig(
-                vocab_size=vocab,
-                block_size=config.seq_len,
-                n_layer=config.n_layers,
-                n_head=config.n_heads,
-                n_embd=config.d_model,
-                d_mlp=config.d_mlp,
-            )
-            steps[name] = reference.ReferenceStep(
-                shape,
-                device,
-                pad_id,
-                compile=compiled,
-                lr=config.lr,
-                weight_decay=config.weight_decay,
-                grad_clip=config.grad_clip,
-            )
+            steps[name] = reference_step(reference, config, vocab, pad_id, device, compiled)
     return steps
 
 
