@@ -132,11 +132,8 @@ impl AliasTable {
     #[inline]
     fn draw(&self, rng: &mut CounterRng) -> u32 {
         let i = rng.below(self.prob.len() as u64) as usize;
-        if rng.unit_f64() < self.prob[i] {
-            i as u32
-        } else {
-            self.alias[i]
-        }
+        // A coin flip on random data: a branch would be mispredicted every other draw.
+        std::hint::select_unpredictable(rng.unit_f64() < self.prob[i], i as u32, self.alias[i])
     }
 }
 
