@@ -23,6 +23,8 @@ The comparisons, each measured when its change was made:
 - `adamw`: foreach AdamW (torch's CPU default, nanoGPT's) vs fused AdamW;
 - `rope`: eager, rotary embeddings applied per head half to permuted q and k views (as before) vs
   on all heads' rows at once (`kadyn.model.apply_rope`; bitwise the same numbers);
+- `inductor`: compiled with the kernels called from Python (as before) vs from C++
+  (`cpp_wrapper`, `kadyn.train.inductor_options`; bitwise the same numbers);
 - `overall`: the step as it was before issue 14 (eager, full batch, int64 ids, clip_grad_norm_)
   vs the trainer's step now.
 `kadyn-bench train` compares the trainer's step with the nanoGPT-equivalent reference instead.
@@ -99,8 +101,8 @@ class Step:
     """A model, optimizer and schedule, and how one step runs; `step(ids)` returns the loss.
 
     opts: trim, compile (bool), long (int64 ids), clip ("eager" or "compiled"), adamw ("fused" or
-    "foreach"), loss ("kadyn" or "cross_entropy"), rope ("lanes" or "per-half"); the defaults
-    are the trainer's."""
+    "foreach"), loss ("kadyn" or "cross_entropy"), rope ("lanes" or "per-half"), wrapper
+    ("cpp" or "python"); the defaults are the trainer's."""
 
     def __init__(self, config: TrainConfig, vocab: int, pad_id: int, **opts: Any) -> None:
         self.opts = {"trim": True, "compile": True, "long": False, "clip": "eager", **opts}
@@ -126,6 +128,10 @@ class Step:
             step_loss = StepLoss(
                 self.model, pad_id, torch.device("cpu"), config.seq_len, compiled=compiled
             )
+            if compiled and self.opts.get("wrapper") == "python":
+                step_loss._loss = torch.compile(
+                    training_loss, dynamic=False, options={"deterministic": True}
+                )
             self.loss = step_loss
         else:
             fn = torch.compile(training_loss, dynamic=False) if compiled else training_loss
@@ -192,6 +198,7 @@ COMPARISONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "clip": (dict(clip="eager"), dict(clip="compiled")),
     "adamw": (dict(adamw="foreach"), dict(adamw="fused")),
     "rope": (dict(compile=False, rope="per-half"), dict(compile=False)),
+    "inductor": (dict(wrapper="python"), {}),
     "overall": (OLD, {}),
 }
 

@@ -436,11 +436,10 @@ def init_from_checkpoint(
 
 # Runs shorter than this stay eager even with --compile. Each trimmed length (three or four in a
 # tiny-preset run) compiles once; with a cold inductor cache ($TORCHINDUCTOR_CACHE_DIR, by default
-# under /tmp) that cost 80-100 s of a 2-core CPU (measured again after the rotary change: 38 s for
-# the first length, 14-16 s for each of three more), against 16-21 ms saved per tiny-preset step
-# (45 ms compiled, 61 ms eager in plain loops; 51 and 72 ms in `kadyn-bench train`): about 5,000
-# steps to pay it back. So the default run (2,200
-# steps) stays eager, longer runs compile. With a warm cache compiling takes seconds, but a fresh
+# under /tmp) that costs 55-70 s of a 2-core CPU (with the C++ wrapper: 28 s for the first length,
+# 12-14 s for each further one), against 15-21 ms saved per tiny-preset step (45 ms compiled, 61 ms
+# eager in plain loops; 55 and 70 ms in `kadyn-bench train`): 3,000-5,000 steps to pay it back.
+# So the default run (2,200 steps) stays eager, longer runs compile. With a warm cache compiling takes seconds, but a fresh
 # machine's first run is the one the README promises in minutes. The rule reads --steps, not the
 # steps left, so a resumed run computes as the run it continues.
 COMPILE_MIN_STEPS = 5000
@@ -484,6 +483,20 @@ def eager_reason(config: TrainConfig, device: torch.device, patching: bool) -> O
     return None
 
 
+def inductor_options(device: torch.device) -> dict[str, bool]:
+    """The options StepLoss compiles with (those this torch has):
+    - `deterministic`: no on-device benchmarking (CUDA autotuning), which can pick kernels, and
+      so roundings, by timing;
+    - on CPU, `cpp_wrapper`: the compiled graphs call their kernels from C++ rather than Python.
+      The same kernels, so the same bits (40 steps' losses equal; tests/test_compile.py checks
+      compiled runs); a tiny-preset step 1-3% faster (`python benches/train_step.py --only
+      inductor`: paired A/B 1.003-1.022), and no slower to compile from a cold cache (55 s for
+      three lengths, against 62 s)."""
+    inductor = torch._inductor.config
+    wanted = {"deterministic": True, "cpp_wrapper": device.type == "cpu"}
+    return {name: on for name, on in wanted.items() if on and hasattr(inductor, name)}
+
+
 class StepLoss:
     """The loss of one training step, from the stream's CPU batch: trailing all-<pad> columns
     trimmed (`trim_padding`: the same loss and gradients, from fewer positions), moved to the
@@ -519,11 +532,9 @@ class StepLoss:
             dynamo = torch._dynamo.config
             name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
             setattr(dynamo, name, max(getattr(dynamo, name), 4 * lengths))
-            # `deterministic`: no on-device benchmarking (CUDA autotuning), which can pick kernels,
-            # and so roundings, by timing.
-            inductor = torch._inductor.config
-            options = {"deterministic": True} if hasattr(inductor, "deterministic") else {}
-            self._loss = torch.compile(training_loss, dynamic=False, options=options)
+            self._loss = torch.compile(
+                training_loss, dynamic=False, options=inductor_options(device)
+            )
 
     def __call__(
         self, input_ids: torch.Tensor, attention_source: Optional[AttentionSource] = None
