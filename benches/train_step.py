@@ -50,6 +50,7 @@ from kadyn.train import (
     StepLoss,
     build_scheduler,
     build_world,
+    inductor_options,
     make_model_config,
     param_groups,
     training_loss,
@@ -129,9 +130,9 @@ class Step:
                 self.model, pad_id, torch.device("cpu"), config.seq_len, compiled=compiled
             )
             if compiled and self.opts.get("wrapper") == "python":
-                step_loss._loss = torch.compile(
-                    training_loss, dynamic=False, options={"deterministic": True}
-                )
+                options = inductor_options(torch.device("cpu"))
+                options.pop("cpp_wrapper", None)
+                step_loss._loss = torch.compile(training_loss, dynamic=False, options=options)
             self.loss = step_loss
         else:
             fn = torch.compile(training_loss, dynamic=False) if compiled else training_loss
