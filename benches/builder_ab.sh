@@ -5,10 +5,12 @@
 # the next; the paired ratio moves by a few percent. It also checks that A and B build the same
 # bytes.
 #
-#     bash benches/builder_ab.sh [REV] [SAMPLING] [PACKING]
+#     bash benches/builder_ab.sh [REV] [SAMPLING] [PACKING] [HELD]
 #
 # REV defaults to HEAD; SAMPLING is uniform or power (power law, alpha 0.7; the default); PACKING
-# is pad (the default) or pack. Batches of 1024 rows of 128 tokens from a world of 10,000
+# is pad (the default) or pack; HELD (default 6) is how many batches stay alive before one is
+# dropped, as the stream's queue holds them (4 queued, one built, one with the consumer): with 0 a
+# batch's memory comes back to the next at once, warm in the cache, which the stream never sees. Batches of 1024 rows of 128 tokens from a world of 10,000
 # individuals, as `cargo bench -p kadyn-core --bench core` builds them. The scratch project is
 # written to a temporary directory and built into target/builder-ab (kept, so that later runs
 # rebuild only the two builders).
@@ -16,8 +18,10 @@ set -euo pipefail
 rev=${1:-HEAD}
 sampling=${2:-power}
 packing=${3:-pad}
+held=${4:-6}
 case "$sampling" in uniform | power) ;; *) echo "SAMPLING must be uniform or power, got $sampling" >&2; exit 2 ;; esac
 case "$packing" in pad | pack) ;; *) echo "PACKING must be pad or pack, got $packing" >&2; exit 2 ;; esac
+case "$held" in '' | *[!0-9]*) echo "HELD must be a count of batches, got $held" >&2; exit 2 ;; esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -57,6 +61,8 @@ b = { path = "$repo/rust/kadyn-core", package = "kadyn-core" }
 codegen-units = 4
 EOF
 cat >"$work/ab/src/main.rs" <<'EOF'
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,6 +93,16 @@ macro_rules! builder {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (uniform, pack) = (args[1] == "uniform", args[2] == "pack");
+    let held: usize = args[3].parse().unwrap();
+    // The batches alive, A's and B's alike, the oldest dropped first.
+    let alive = RefCell::new(VecDeque::new());
+    let keep = |batch| {
+        let mut alive = alive.borrow_mut();
+        alive.push_back(batch);
+        while alive.len() > held {
+            drop(alive.pop_front());
+        }
+    };
     let (a, b) = (builder!(a, pack, uniform), builder!(b, pack, uniform));
     let rows: Vec<u64> = (0..1024).collect();
     let (x, y) = (a.build_here(&rows).unwrap(), b.build_here(&rows).unwrap());
@@ -105,8 +121,8 @@ fn main() {
             }
             t.elapsed().as_secs_f64() / per as f64 * 1e6
         };
-        let ma = time(&|r| drop(std::hint::black_box(a.build_here(r).unwrap())));
-        let mb = time(&|r| drop(std::hint::black_box(b.build_here(r).unwrap())));
+        let ma = time(&|r| keep(std::hint::black_box(a.build_here(r).unwrap())));
+        let mb = time(&|r| keep(std::hint::black_box(b.build_here(r).unwrap())));
         start += per * 1024;
         if round >= 5 {
             ta.push(ma);
@@ -129,5 +145,5 @@ EOF
 echo "building A = $rev, B = the working tree (release) in $work ..." >&2
 target="$repo/target/builder-ab"
 cargo build --quiet --release --manifest-path "$work/ab/Cargo.toml" --target-dir "$target"
-echo "$sampling $packing, 1024 x 128 batches, one thread:"
-"$target/release/builder-ab" "$sampling" "$packing"
+echo "$sampling $packing, 1024 x 128 batches, one thread, $held held:"
+"$target/release/builder-ab" "$sampling" "$packing" "$held"

@@ -39,6 +39,24 @@ def test_quick_bench_writes_json_with_every_figure(tmp_path: Path) -> None:
     assert paired["threads"] == 1 and len(paired["ratios"]) == 10 and 0 < paired["ratio"]
     memory = result["memory"]
     assert memory["tokens"] >= 10**6 and memory["rss_after_mb"] > 0
+    assert result["config"]["cpu"] == bench.cpu_model()
+
+
+def test_cpu_model_names_the_processor_and_its_family(tmp_path: Path, monkeypatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: another\n"
+    )
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k),
+    )
+    assert bench.cpu_model() == "AMD EPYC (family 25, model 17)"
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("none")))
+    monkeypatch.setattr(bench.platform, "processor", lambda: "arm")
+    assert bench.cpu_model() == "arm"
 
 
 def test_python_baseline_renders_the_worlds_sentences() -> None:

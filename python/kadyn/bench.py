@@ -38,6 +38,7 @@ import glob
 import importlib.util
 import json
 import os
+import platform
 import resource
 import statistics
 import sys
@@ -67,6 +68,26 @@ from kadyn.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def cpu_model() -> str:
+    """The processor, as the figures depend on it: /proc/cpuinfo's model name with its vendor's
+    family and model numbers (a VM may show only "AMD EPYC"; family 25 model 17 is Zen 4), else
+    what `platform` knows."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def rss_mb() -> float:
@@ -284,6 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "individuals": args.individuals,
             "threads": threads,
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_model(),
             "kadyn_version": kadyn.__version__,
         },
     }
@@ -363,7 +385,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.memory:
         result["memory"] = bench_memory(world, b, t, threads[-1], args.memory_tokens)
 
-    print(f"\nkadyn-bench: batch {b}, seq_len {t}, {s:g} s per figure, {os.cpu_count()} CPUs")
+    print(
+        f"\nkadyn-bench: batch {b}, seq_len {t}, {s:g} s per figure, {os.cpu_count()} CPUs "
+        f"({result['config']['cpu']})"
+    )
     header = ("what", "threads", "samples/s", "tokens/s", "MB/s", "÷ memcopy")
     print("{:<30} {:>7} {:>13} {:>15} {:>8} {:>10}".format(*header))
     for name, n_threads, rate, mbps in rows:
@@ -568,12 +593,14 @@ def train_main(argv: list[str]) -> int:
             "vocab": world.vocab_size,
             "torch": torch.__version__,
             "cpu_count": os.cpu_count(),
+            "cpu": cpu_model(),
         },
         "runs": [],
     }
     print(
         f"kadyn-bench train: batch {base.batch_size} x {base.seq_len} tokens, vocab "
-        f"{world.vocab_size}, torch {torch.__version__}, {args.threads} threads on CPU; median of "
+        f"{world.vocab_size}, torch {torch.__version__}, {args.threads} threads on CPU "
+        f"({result['config']['cpu']}); median of "
         f"{args.steps} interleaved steps each, after {args.warmup} warm-up steps"
     )
     header = ("device", "shape", "step", "ms/step", "tokens/s", "÷ reference", "warm-up s")
