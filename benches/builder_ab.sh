@@ -10,8 +10,9 @@
 # REV defaults to HEAD; SAMPLING is uniform or power (power law, alpha 0.7; the default); PACKING
 # is pad (the default) or pack; HELD (default 6) is how many batches stay alive before one is
 # dropped, as the stream's queue holds them (4 queued, one built, one with the consumer): with 0 a
-# batch's memory comes back to the next at once, warm in the cache, which the stream never sees. Batches of 1024 rows of 128 tokens from a world of 10,000
-# individuals, as `cargo bench -p kadyn-core --bench core` builds them. The scratch project is
+# batch's memory comes back to the next at once, warm in the cache, which the stream never sees.
+# Batches of 1024 rows of 128 tokens from a world of 10,000 individuals, as
+# `cargo bench -p kadyn-core --bench core` builds them. The scratch project is
 # written to a temporary directory and built into target/builder-ab (kept, so that later runs
 # rebuild only the two builders).
 set -euo pipefail
