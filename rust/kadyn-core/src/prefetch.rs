@@ -60,7 +60,8 @@ impl Schedule {
 }
 
 /// Builds batches `0, 1, 2, ...` of a schedule on a dedicated rayon pool (on its own thread when
-/// `threads` is 1), `depth` ahead.
+/// `threads` is 1), `depth` ahead. A pool thread blocks on the full queue while the consumer lags:
+/// the pool is this stream's alone, so nothing else waits on it.
 pub struct Prefetcher {
     receiver: Option<Receiver<Result<RecordBatch>>>,
     handle: Option<JoinHandle<()>>,
@@ -109,17 +110,25 @@ impl Prefetcher {
         let handle = std::thread::Builder::new()
             .name("kadyn-prefetch".into())
             .spawn(move || {
-                for j in 0.. {
-                    let rows = schedule.rows(j);
-                    let batch = match &pool {
-                        Some(pool) => pool.install(|| builder.build(&rows)),
-                        None => builder.build_here(&rows),
-                    };
-                    let failed = batch.is_err();
-                    // The consumer dropped the receiver: stop quietly.
-                    if sender.send(batch).is_err() || failed {
-                        break;
+                // Builds batch after batch into the queue; stops when the consumer is gone or
+                // a build failed (the error is queued first).
+                let produce = |build: &dyn Fn(&[u64]) -> Result<RecordBatch>| {
+                    for j in 0.. {
+                        let batch = build(&schedule.rows(j));
+                        let failed = batch.is_err();
+                        // The consumer dropped the receiver: stop quietly.
+                        if sender.send(batch).is_err() || failed {
+                            break;
+                        }
                     }
+                };
+                match &pool {
+                    // The loop itself runs on a pool thread, which builds its share of each
+                    // batch. Installing each batch from this thread would hand it to the pool
+                    // and back, two wake-ups a batch: two threads then built 0.86-0.90x the
+                    // batches of one (2 cores, a Python consumer), against 1.08-1.09x this way.
+                    Some(pool) => pool.install(|| produce(&|rows| builder.build(rows))),
+                    None => produce(&|rows| builder.build_here(rows)),
                 }
             })?;
         Ok(Prefetcher {
