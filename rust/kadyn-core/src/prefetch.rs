@@ -88,8 +88,8 @@ impl Prefetcher {
             builder.spec().seq_len,
             depth as u64 + 2,
         )?;
-        // One thread builds on the prefetch thread itself: a pool would add two hand-offs
-        // between threads a batch, which on a loaded machine each wait for a core.
+        // One thread builds on the prefetch thread itself, without a pool: `build_here` skips
+        // rayon's splitting of the batch, which one thread has no use for.
         let pool = match threads {
             1 => None,
             _ => Some(
