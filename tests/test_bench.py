@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import kadyn
 from kadyn import bench
@@ -42,7 +43,9 @@ def test_quick_bench_writes_json_with_every_figure(tmp_path: Path) -> None:
     assert result["config"]["cpu"] == bench.cpu_model()
 
 
-def test_cpu_model_names_the_processor_and_its_family(tmp_path: Path, monkeypatch) -> None:
+def test_cpu_model_names_the_processor_and_its_family(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
         "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
@@ -54,7 +57,11 @@ def test_cpu_model_names_the_processor_and_its_family(tmp_path: Path, monkeypatc
         lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k),
     )
     assert bench.cpu_model() == "AMD EPYC (family 25, model 17)"
-    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("none")))
+
+    def no_proc(*args: object, **kwargs: object) -> None:
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr("builtins.open", no_proc)
     monkeypatch.setattr(bench.platform, "processor", lambda: "arm")
     assert bench.cpu_model() == "arm"
 
