@@ -25,6 +25,9 @@ The comparisons, each measured when its change was made:
   on all heads' rows at once (`kadyn.model.apply_rope`; bitwise the same numbers);
 - `inductor`: compiled with the kernels called from Python (as before) vs from C++
   (`cpp_wrapper`, `kadyn.train.inductor_options`; bitwise the same numbers);
+- `lengths`: compiled, each trimmed length apart with static shapes (as before) vs one graph for
+  every length (`StepLoss.dynamic`). This times the steps; the compile times (39 s against 21 s
+  for a tiny-preset run's three lengths, cold cache) are in `kadyn.train.COMPILE_MIN_STEPS`;
 - `overall`: the step as it was before issue 14 (eager, full batch, int64 ids, clip_grad_norm_)
   vs the trainer's step now.
 `kadyn-bench train` compares the trainer's step with the nanoGPT-equivalent reference instead.
@@ -103,7 +106,7 @@ class Step:
 
     opts: trim, compile (bool), long (int64 ids), clip ("eager" or "compiled"), adamw ("fused" or
     "foreach"), loss ("kadyn" or "cross_entropy"), rope ("lanes" or "per-half"), wrapper
-    ("cpp" or "python"); the defaults are the trainer's."""
+    ("cpp" or "python"), lengths ("dynamic" or "static"); the defaults are the trainer's."""
 
     def __init__(self, config: TrainConfig, vocab: int, pad_id: int, **opts: Any) -> None:
         self.opts = {"trim": True, "compile": True, "long": False, "clip": "eager", **opts}
@@ -133,6 +136,11 @@ class Step:
                 options = inductor_options(torch.device("cpu"))
                 options.pop("cpp_wrapper", None)
                 step_loss._loss = torch.compile(training_loss, dynamic=False, options=options)
+            if compiled and self.opts.get("lengths") == "static":
+                step_loss.dynamic = False
+                step_loss._loss = torch.compile(
+                    training_loss, dynamic=False, options=inductor_options(torch.device("cpu"))
+                )
             self.loss = step_loss
         else:
             fn = torch.compile(training_loss, dynamic=False) if compiled else training_loss
@@ -200,6 +208,7 @@ COMPARISONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "adamw": (dict(adamw="foreach"), dict(adamw="fused")),
     "rope": (dict(compile=False, rope="per-half"), dict(compile=False)),
     "inductor": (dict(wrapper="python"), {}),
+    "lengths": (dict(lengths="static"), {}),
     "overall": (OLD, {}),
 }
 

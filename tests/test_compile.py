@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 from test_train import read_records, small_config, without_timing
+from torch._dynamo.utils import counters
 
 import kadyn
 import kadyn.train
@@ -23,8 +25,10 @@ from kadyn.kernels.attribute_loss import IGNORE_INDEX, attribute_loss_only_refer
 from kadyn.model import GPT, next_token_loss, trim_padding
 from kadyn.train import (
     COMPILE_MIN_STEPS,
+    TRIM_MULTIPLE,
     StepLoss,
     build_world,
+    dynamic_lengths,
     eager_reason,
     make_model_config,
     train,
@@ -70,6 +74,54 @@ def test_compiled_step_matches_eager(tmp_path) -> None:
         for (name, p), q in zip(model.named_parameters(), twin.parameters()):
             assert torch.allclose(q.grad, p.grad, rtol=1e-4, atol=1e-6), name
             p.grad, q.grad = None, None
+
+
+@pytest.fixture
+def deterministic_algorithms() -> Iterator[None]:
+    """As the trainer runs (kadyn.runtime): without it, inductor's embedding gradient adds in
+    parallel, in no fixed order."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def loss_and_gradients(
+    model: GPT, pad_id: int, batches: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A freshly compiled StepLoss's loss and gradients on the last batch, after the others."""
+    torch._dynamo.reset()
+    twin = GPT(model.config)
+    twin.load_state_dict(model.state_dict())
+    step_loss = StepLoss(twin, pad_id, CPU, model.config.max_seq_len, compiled=True)
+    for ids in batches:
+        loss = step_loss(ids)
+        loss.backward()
+        grads = [p.grad for p in twin.parameters()]
+        twin.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.skipif(not dynamic_lengths(), reason="this torch compiles each length apart")
+@pytest.mark.usefixtures("deterministic_algorithms")
+def test_one_graph_serves_every_length_whichever_comes_first(tmp_path) -> None:
+    # Compiling each trimmed length apart cost a 2-core CPU 39 s for a tiny-preset run's three
+    # lengths; one graph for all of them, 21 s. Inductor plans it for seq_len, not for the first
+    # length it sees: a resumed run, which starts on another batch, runs the same code.
+    model, pad_id, (ids,) = small_model_and_batches(tmp_path, 1)
+    length = trim_padding(ids, pad_id, TRIM_MULTIPLE).shape[1]
+    shorter = ids.clone()
+    shorter[:, length - TRIM_MULTIPLE :] = pad_id
+    assert trim_padding(shorter, pad_id, TRIM_MULTIPLE).shape[1] < length
+
+    counters.clear()
+    loss, grads = loss_and_gradients(model, pad_id, [shorter, ids])
+    assert counters["stats"]["unique_graphs"] == 1  # not recompiled for the second length
+    loss_first, grads_first = loss_and_gradients(model, pad_id, [ids])
+    assert torch.equal(loss, loss_first)
+    for name, (g, h) in zip([n for n, _ in model.named_parameters()], zip(grads, grads_first)):
+        assert torch.equal(g, h), name
 
 
 def test_compiled_loss_matches_the_reference() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import inspect
 import math
 import os
 import random
@@ -434,18 +435,19 @@ def init_from_checkpoint(
 # ----------------------------------------------------------------------------------------------
 # The training step
 
-# Runs shorter than this stay eager even with --compile. Each trimmed length (three or four in a
-# tiny-preset run) compiles once; with a cold inductor cache ($TORCHINDUCTOR_CACHE_DIR, by default
-# under /tmp) that costs 55-70 s of a 2-core CPU (with the C++ wrapper: 28 s for the first length,
-# 12-14 s for each further one), against 15-21 ms saved per tiny-preset step (45 ms compiled, 61 ms
-# eager in plain loops; 55 and 70 ms in `kadyn-bench train`): 3,000-5,000 steps to pay it back.
-# On an AMD EPYC (Zen 4): 47 s for three lengths (22, 12 and 13 s), 17 ms saved a step (80 ms
-# compiled, 97 eager in `kadyn-bench train`): 2,800 steps.
-# So the default run (2,200 steps) stays eager, longer runs compile. With a warm cache compiling
-# takes seconds, but a fresh machine's first run is the one the README promises in minutes. The
-# rule reads --steps, not the steps left, so a resumed run computes as the run it continues.
-COMPILE_MIN_STEPS = 5000
-# Trimmed batches are a multiple of this long: with compiled steps, each length is a compilation.
+# Runs shorter than this stay eager even with --compile. Compiling (one graph for every trimmed
+# length, StepLoss) costs 20-22 s of a 2-core AMD EPYC (Zen 4) with a cold inductor cache
+# ($TORCHINDUCTOR_CACHE_DIR, by default under /tmp), against 9-14 ms saved per tiny-preset step
+# (44-47k tokens/s against 39k in a default run's windows; 74-76 ms against 87-92 in a paired A/B
+# of the default run's batches): 1,500-2,400 steps to pay it back. The default run (2,200 steps)
+# measured no faster compiled (37.7k tokens/s, the compile included, against 38.9k eager), so it
+# stays eager; longer runs compile. (Each length compiled apart, as before, cost 39 s: 55-70 s on
+# the Intel Xeon of earlier figures.) With a warm cache compiling takes seconds, but a fresh
+# machine's first run is the one the README promises in minutes. The rule reads --steps, not the
+# steps left, so a resumed run computes as the run it continues.
+COMPILE_MIN_STEPS = 3000
+# Trimmed batches are a multiple of this long: few lengths, each a compilation where a torch
+# without size hints compiles them apart (StepLoss).
 TRIM_MULTIPLE = 8
 
 
@@ -485,6 +487,14 @@ def eager_reason(config: TrainConfig, device: torch.device, patching: bool) -> O
     return None
 
 
+def dynamic_lengths() -> bool:
+    """Whether this torch compiles one graph for every sequence length with a size hint of our
+    choosing (`mark_dynamic`'s hint_override). Without the override inductor plans the code
+    (reduction strategies, among others) for the first length it sees, which a resumed run may
+    not see first."""
+    return "hint_override" in inspect.signature(torch._dynamo.mark_dynamic).parameters
+
+
 def inductor_options(device: torch.device) -> dict[str, bool]:
     """The options StepLoss compiles with (those this torch has):
     - `deterministic`: no on-device benchmarking (CUDA autotuning), which can pick kernels, and
@@ -505,12 +515,14 @@ class StepLoss:
     device, then `training_loss`, compiled or eager.
 
     Compiled: `torch.compile` (inductor) of `training_loss`, one graph for the forward and loss and
-    one for their backward, with static shapes: each trimmed length (a multiple of TRIM_MULTIPLE;
-    three or four of them in a tiny-preset run) is compiled once. Static code depends only on the
-    shapes, so it is the same in a run and in the run resuming it: compiled runs are deterministic
-    for a given device, thread count and torch version, and resume exactly. Their numbers differ
-    from an eager run's by float rounding (other fusions), which is why a run's --compile is part
-    of what it computes (tests/test_compile.py)."""
+    one for their backward, for every trimmed length (a multiple of TRIM_MULTIPLE): the sequence
+    length is a symbol, and inductor plans the code for a length of `seq_len` (its size hint),
+    whichever length comes first. So the code is the same in a run and in the run resuming it:
+    compiled runs are deterministic for a given device, thread count and torch version, and resume
+    exactly. On a torch without size hints (`dynamic_lengths`) each length is compiled apart, with
+    static shapes, which also depends only on the shapes. Their numbers differ from an eager run's
+    by float rounding (other fusions), which is why a run's --compile is part of what it computes
+    (tests/test_compile.py)."""
 
     def __init__(
         self,
@@ -525,17 +537,21 @@ class StepLoss:
         self.device = device
         self.compiled = compiled
         self._loss: Callable[..., torch.Tensor] = training_loss
+        self.seq_len = seq_len
+        self.dynamic = compiled and dynamic_lengths()
         if compiled:
             # Every length must stay compiled: past dynamo's recompile limit (8 per function) a
-            # new shape would run eager, and a resumed run, counting afresh, would not. Room for
-            # every length of a few model shapes in one process (experiments, benchmarks).
-            # (torch < 2.6 calls the limit cache_size_limit.)
+            # new graph would run eager, and a resumed run, counting afresh, would not. Room for
+            # every length of a few model shapes in one process (experiments, benchmarks), should
+            # lengths be compiled apart. (torch < 2.6 calls the limit cache_size_limit.)
             lengths = -(-seq_len // TRIM_MULTIPLE)
             dynamo = torch._dynamo.config
             name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
             setattr(dynamo, name, max(getattr(dynamo, name), 4 * lengths))
             self._loss = torch.compile(
-                training_loss, dynamic=False, options=inductor_options(device)
+                training_loss,
+                dynamic=None if self.dynamic else False,  # None: the marked length is a symbol
+                options=inductor_options(device),
             )
 
     def __call__(
@@ -543,6 +559,8 @@ class StepLoss:
     ) -> torch.Tensor:
         ids = trim_padding(input_ids, self.pad_id, TRIM_MULTIPLE)
         ids = ids.to(self.device, non_blocking=True)
+        if self.dynamic:
+            torch._dynamo.mark_dynamic(ids, 1, hint_override=self.seq_len)
         override = attention_source(ids) if attention_source is not None else None
         return self._loss(self.model, ids, self.pad_id, override)
 
