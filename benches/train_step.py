@@ -26,8 +26,11 @@ The comparisons, each measured when its change was made:
 - `inductor`: compiled with the kernels called from Python (as before) vs from C++
   (`cpp_wrapper`, `kadyn.train.inductor_options`; bitwise the same numbers);
 - `lengths`: compiled, each trimmed length apart with static shapes (as before) vs one graph for
-  every length (`StepLoss.dynamic`). This times the steps; the compile times (39 s against 21 s
-  for a tiny-preset run's three lengths, cold cache) are in `kadyn.train.COMPILE_MIN_STEPS`;
+  every length (`StepLoss.dynamic`), both with every position. This times the steps; the compile
+  times (39 s against 21 s for a tiny-preset run's three lengths, cold cache) are in
+  `kadyn.train.COMPILE_MIN_STEPS`;
+- `positions` (eager), `positions-compiled`: every position of the trimmed batch (as before) vs
+  the positions that have a target alone (`kadyn.model.target_positions`);
 - `overall`: the step as it was before issue 14 (eager, full batch, int64 ids, clip_grad_norm_)
   vs the trainer's step now.
 `kadyn-bench train` compares the trainer's step with the nanoGPT-equivalent reference instead.
@@ -106,7 +109,8 @@ class Step:
 
     opts: trim, compile (bool), long (int64 ids), clip ("eager" or "compiled"), adamw ("fused" or
     "foreach"), loss ("kadyn" or "cross_entropy"), rope ("lanes" or "per-half"), wrapper
-    ("cpp" or "python"), lengths ("dynamic" or "static"); the defaults are the trainer's."""
+    ("cpp" or "python"), lengths ("dynamic" or "static"), positions ("targets" or "all"); the
+    defaults are the trainer's."""
 
     def __init__(self, config: TrainConfig, vocab: int, pad_id: int, **opts: Any) -> None:
         self.opts = {"trim": True, "compile": True, "long": False, "clip": "eager", **opts}
@@ -130,14 +134,20 @@ class Step:
         self.loss: Callable[[torch.Tensor], torch.Tensor]
         if self.opts["trim"]:
             step_loss = StepLoss(
-                self.model, pad_id, torch.device("cpu"), config.seq_len, compiled=compiled
+                self.model,
+                pad_id,
+                torch.device("cpu"),
+                config.seq_len,
+                compiled=compiled,
+                drop_untargeted=self.opts.get("positions") != "all",
             )
             if compiled and self.opts.get("wrapper") == "python":
                 options = inductor_options(torch.device("cpu"))
                 options.pop("cpp_wrapper", None)
-                step_loss._loss = torch.compile(training_loss, dynamic=False, options=options)
+                dynamic = None if step_loss.dynamic else False
+                step_loss._loss = torch.compile(training_loss, dynamic=dynamic, options=options)
             if compiled and self.opts.get("lengths") == "static":
-                step_loss.dynamic = False
+                step_loss.dynamic = step_loss.drop_untargeted = False
                 step_loss._loss = torch.compile(
                     training_loss, dynamic=False, options=inductor_options(torch.device("cpu"))
                 )
@@ -208,7 +218,9 @@ COMPARISONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "adamw": (dict(adamw="foreach"), dict(adamw="fused")),
     "rope": (dict(compile=False, rope="per-half"), dict(compile=False)),
     "inductor": (dict(wrapper="python"), {}),
-    "lengths": (dict(lengths="static"), {}),
+    "lengths": (dict(lengths="static", positions="all"), dict(positions="all")),
+    "positions": (dict(compile=False, positions="all"), dict(compile=False)),
+    "positions-compiled": (dict(positions="all"), {}),
     "overall": (OLD, {}),
 }
 

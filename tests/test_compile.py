@@ -22,7 +22,7 @@ import kadyn
 import kadyn.train
 from kadyn import bench
 from kadyn.kernels.attribute_loss import IGNORE_INDEX, attribute_loss_only_reference
-from kadyn.model import GPT, next_token_loss, trim_padding
+from kadyn.model import GPT, next_token_loss, target_positions, trim_padding
 from kadyn.train import (
     COMPILE_MIN_STEPS,
     TRIM_MULTIPLE,
@@ -122,6 +122,26 @@ def test_one_graph_serves_every_length_whichever_comes_first(tmp_path) -> None:
     assert torch.equal(loss, loss_first)
     for name, (g, h) in zip([n for n, _ in model.named_parameters()], zip(grads, grads_first)):
         assert torch.equal(g, h), name
+
+
+def test_step_drops_untargeted_positions_only_where_the_loss_stays_the_same(tmp_path) -> None:
+    model, pad_id, batches = small_model_and_batches(tmp_path, 2)
+    inside = batches[1].clone()
+    inside[0, 2] = pad_id  # a <pad> inside a row: every position is computed
+    for ids in (batches[0], inside):
+        losses, grads = [], []
+        for drop in (False, True):
+            twin = GPT(model.config)
+            twin.load_state_dict(model.state_dict())
+            step_loss = StepLoss(twin, pad_id, CPU, model.config.max_seq_len, False, drop)
+            loss = step_loss(ids)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append([p.grad for p in twin.parameters()])
+        assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+        for g, h in zip(*grads):
+            assert torch.allclose(h, g, rtol=1e-5, atol=1e-7)
+    assert target_positions(trim_padding(inside, pad_id, TRIM_MULTIPLE), pad_id) is None
 
 
 def test_compiled_loss_matches_the_reference() -> None:

@@ -15,6 +15,7 @@ from kadyn.model import (
     next_token_targets,
     rope_lanes,
     rope_tables,
+    target_positions,
     trim_padding,
 )
 
@@ -228,6 +229,48 @@ def test_trimmed_batch_has_the_full_batchs_loss_and_gradients(token_stats: bool)
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
     for name, g in grads[0].items():
         assert torch.allclose(grads[1][name], g, rtol=1e-5, atol=1e-7), name
+
+
+def test_target_positions_are_those_with_a_target_when_they_lead_every_row() -> None:
+    ids = padded()
+    positions = target_positions(ids, 0)
+    assert positions is not None
+    expected = (next_token_targets(ids, 0) != IGNORE_INDEX).flatten().nonzero().squeeze(1)
+    assert torch.equal(positions, expected)
+    # Each row's last token (before its <pad>) has no target, so it is left out too.
+    assert positions.numel() == int((ids != 0).sum()) - ids.shape[0]
+    inside = ids.clone()
+    inside[2, 3] = 0  # a <pad> followed by tokens: position 2 has no target, position 3 has one
+    assert target_positions(inside, 0) is None
+    assert target_positions(torch.zeros(2, T, dtype=torch.int32), 0).numel() == 0
+
+
+def test_target_positions_give_the_full_batchs_loss_and_gradients() -> None:
+    ids = padded()
+    positions = target_positions(ids, 0)
+    losses, grads = [], []
+    for kept in (None, positions):
+        model = small()
+        out = model(ids, next_token_targets(ids, 0), token_stats=False, positions=kept)
+        out.loss.backward()
+        losses.append(out.loss.item())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert out.hidden.shape == (positions.numel(), 32)  # the kept positions' alone
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, rtol=1e-5, atol=1e-7), name
+
+
+def test_target_positions_are_for_the_loss_alone() -> None:
+    ids = padded()
+    positions = target_positions(ids, 0)
+    targets = next_token_targets(ids, 0)
+    with pytest.raises(ValueError, match="loss alone"):
+        small()(ids, targets, positions=positions)  # token_stats=True
+    with pytest.raises(ValueError, match="loss alone"):
+        small()(ids, positions=positions, token_stats=False)
+    with pytest.raises(ValueError, match="attention patterns"):
+        small()(ids, targets, token_stats=False, positions=positions, return_attention=True)
 
 
 def test_too_long_input_is_refused() -> None:

@@ -282,12 +282,17 @@ class StackedGPT(nn.Module):
         targets: torch.Tensor,
         attention_override: Optional[dict[int, torch.Tensor]] = None,
         token_stats: bool = False,
+        positions: Optional[torch.Tensor] = None,
     ) -> StackedOutput:
         """GPT's training call on the members' rows laid end to end: input_ids and targets
         (K * B, T), member k's rows at [k * B, (k + 1) * B); `.loss` is the (K,) member losses.
-        So `kadyn.train.StepLoss` (trimming, compiling) drives a stack as it drives a GPT."""
+        So `kadyn.train.StepLoss` (trimming, compiling) drives a stack as it drives a GPT, with
+        every position (drop_untargeted=False: members keep different numbers of positions, and
+        the batched matmuls need one)."""
         if attention_override is not None or token_stats:
             raise ValueError("a stacked model computes the training loss only")
+        if positions is not None:
+            raise ValueError("a stacked model computes every position (positions=None)")
         rows, T = input_ids.shape
         K = self.size
         if rows % K != 0:
@@ -620,7 +625,9 @@ def _train_members(members: list[Member], runtime: Runtime, t_start: float) -> l
     if len(pad_ids) > 1:
         raise ValueError(f"stacked runs' worlds must share one <pad> id, got {sorted(pad_ids)}")
     why_eager = eager_reason(config, device, patching=False)
-    step_loss = StepLoss(stacked, pad_ids.pop(), device, config.seq_len, why_eager is None)
+    step_loss = StepLoss(
+        stacked, pad_ids.pop(), device, config.seq_len, why_eager is None, drop_untargeted=False
+    )
     for m in members:
         m.log(
             f"step: stacked x{len(members)}, "

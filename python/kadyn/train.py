@@ -86,7 +86,13 @@ from kadyn.evaluation import (
     read_metrics,
 )
 from kadyn.fileio import atomic_write, atomic_write_text
-from kadyn.model import GPT, ModelConfig, next_token_targets, trim_padding
+from kadyn.model import (
+    GPT,
+    ModelConfig,
+    next_token_targets,
+    target_positions,
+    trim_padding,
+)
 from kadyn.phases import Phases, band_sensitivity, detect_phases
 from kadyn.plots import plot_curves
 from kadyn.reporting import open_reporters, parse_report_to, progress, require
@@ -456,15 +462,18 @@ def training_loss(
     input_ids: torch.Tensor,
     pad_id: int,
     attention_override: Optional[dict[int, torch.Tensor]] = None,
+    positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The step's forward: mean next-token cross-entropy over the non-<pad> targets. Loss only:
-    per-token cross-entropy and correctness are the evaluation's, not computed here."""
+    per-token cross-entropy and correctness are the evaluation's, not computed here. `positions`
+    (`target_positions`): computed from the positions that have a target alone."""
     with autocast(input_ids.device):
         return model(
             input_ids,
             next_token_targets(input_ids, pad_id),
             attention_override=attention_override,
             token_stats=False,
+            positions=positions,
         ).loss
 
 
@@ -511,8 +520,9 @@ def inductor_options(device: torch.device) -> dict[str, bool]:
 
 class StepLoss:
     """The loss of one training step, from the stream's CPU batch: trailing all-<pad> columns
-    trimmed (`trim_padding`: the same loss and gradients, from fewer positions), moved to the
-    device, then `training_loss`, compiled or eager.
+    trimmed (`trim_padding`: the same loss and gradients, from fewer positions), the positions
+    that have a target found (`target_positions`, unless `drop_untargeted` is False: the model
+    then computes the rest too), moved to the device, then `training_loss`, compiled or eager.
 
     Compiled: `torch.compile` (inductor) of `training_loss`, one graph for the forward and loss and
     one for their backward, for every trimmed length (a multiple of TRIM_MULTIPLE): the sequence
@@ -531,6 +541,7 @@ class StepLoss:
         device: torch.device,
         seq_len: int,
         compiled: bool,
+        drop_untargeted: bool = True,
     ) -> None:
         self.model = model
         self.pad_id = pad_id
@@ -539,6 +550,8 @@ class StepLoss:
         self._loss: Callable[..., torch.Tensor] = training_loss
         self.seq_len = seq_len
         self.dynamic = compiled and dynamic_lengths()
+        # Compiled with static shapes, every count of positions would be a compilation.
+        self.drop_untargeted = drop_untargeted and (self.dynamic or not compiled)
         if compiled:
             # Every length must stay compiled: past dynamo's recompile limit (8 per function) a
             # new graph would run eager, and a resumed run, counting afresh, would not. Room for
@@ -558,11 +571,20 @@ class StepLoss:
         self, input_ids: torch.Tensor, attention_source: Optional[AttentionSource] = None
     ) -> torch.Tensor:
         ids = trim_padding(input_ids, self.pad_id, TRIM_MULTIPLE)
+        positions = None
+        if self.drop_untargeted and attention_source is None:
+            positions = target_positions(ids, self.pad_id)
         ids = ids.to(self.device, non_blocking=True)
+        if positions is not None:
+            positions = positions.to(self.device, non_blocking=True)
         if self.dynamic:
             torch._dynamo.mark_dynamic(ids, 1, hint_override=self.seq_len)
+            if positions is not None:
+                # The count of positions is a symbol too, planned for a full batch.
+                hint = ids.shape[0] * self.seq_len
+                torch._dynamo.mark_dynamic(positions, 0, hint_override=hint)
         override = attention_source(ids) if attention_source is not None else None
-        return self._loss(self.model, ids, self.pad_id, override)
+        return self._loss(self.model, ids, self.pad_id, override, positions)
 
 
 def optimizer_step(
