@@ -139,8 +139,7 @@ class CausalSelfAttention(nn.Module):
             B, T = rows.shape
             qkv = qkv.new_zeros(B * T, qkv.shape[-1]).index_copy(0, rows.positions, qkv)
             qkv = qkv.view(B, T, -1)
-        B, T, D3 = qkv.shape
-        D = D3 // 3
+        (B, T), D = qkv.shape[:2], x.shape[-1]
         H, Dh = self.n_heads, self.head_dim
         # q and k rotated together: (B, T, 2D), each head's features contiguous. (split, not
         # slicing: its backward concatenates the gradients, slicing's zero-fills qkv's twice.)
@@ -412,8 +411,7 @@ def target_positions(input_ids: torch.Tensor, pad_id: int) -> Optional[torch.Ten
     1.09x compiled, a d_model-64 one 1.07x and 1.06x (2 threads, Zen 4; `python
     benches/train_step.py --only positions positions-compiled`). Reads the tensor's values: call
     it on the CPU batch, before it moves to an accelerator (no device sync)."""
-    has_target = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-    has_target[:, :-1] = input_ids[:, 1:] != pad_id
+    has_target = next_token_targets(input_ids, pad_id) != IGNORE_INDEX
     if bool((has_target[:, 1:] > has_target[:, :-1]).any()):
         return None  # a target after a position without one: a <pad> inside a row
     return has_target.view(-1).nonzero().squeeze(1)
