@@ -441,16 +441,17 @@ def init_from_checkpoint(
 # ----------------------------------------------------------------------------------------------
 # The training step
 
-# Runs shorter than this stay eager even with --compile. Compiling (one graph for every trimmed
-# length, StepLoss) costs 20-22 s of a 2-core AMD EPYC (Zen 4) with a cold inductor cache
+# Runs shorter than this stay eager even with --compile. Compiling the step (one graph for every
+# batch shape, StepLoss) costs 20-25 s of a 2-core AMD EPYC (Zen 4) with a cold inductor cache
 # ($TORCHINDUCTOR_CACHE_DIR, by default under /tmp), against 9-14 ms saved per tiny-preset step
-# (44-47k tokens/s against 39k in a default run's windows; 74-76 ms against 87-92 in a paired A/B
-# of the default run's batches): 1,500-2,400 steps to pay it back. The default run (2,200 steps)
-# measured no faster compiled (37.7k tokens/s, the compile included, against 38.9k eager), so it
-# stays eager; longer runs compile. (Each length compiled apart, as before, cost 39 s: 55-70 s on
-# the Intel Xeon of earlier figures.) With a warm cache compiling takes seconds, but a fresh
-# machine's first run is the one the README promises in minutes. The rule reads --steps, not the
-# steps left, so a resumed run computes as the run it continues.
+# (paired on the default run's batches: 76 ms against 88 eager; 44-47k tokens/s against 39k in a
+# default run's windows): 1,500-2,700 steps to pay it back. The default run (2,200 steps)
+# measured no faster compiled (37.7k tokens/s, the compile included, against 38.9k eager, before
+# the step skipped positions without a target), so it stays eager; longer runs compile. (Each
+# length compiled apart, as before, cost 39 s: 55-70 s on the Intel Xeon of earlier figures.)
+# With a warm cache compiling takes seconds, but a fresh machine's first run is the one the
+# README promises in minutes. The rule reads --steps, not the steps left, so a resumed run
+# computes as the run it continues.
 COMPILE_MIN_STEPS = 3000
 # Trimmed batches are a multiple of this long: few lengths, each a compilation where a torch
 # without size hints compiles them apart (StepLoss).
