@@ -526,9 +526,10 @@ class StepLoss:
     then computes the rest too), moved to the device, then `training_loss`, compiled or eager.
 
     Compiled: `torch.compile` (inductor) of `training_loss`, one graph for the forward and loss and
-    one for their backward, for every trimmed length (a multiple of TRIM_MULTIPLE): the sequence
-    length is a symbol, and inductor plans the code for a length of `seq_len` (its size hint),
-    whichever length comes first. So the code is the same in a run and in the run resuming it:
+    one for their backward, for every batch shape (its trimmed length, a multiple of
+    TRIM_MULTIPLE, and its count of positions): both are symbols, and inductor plans the code for
+    a full batch (`seq_len` long, every position kept: the size hints), whichever shape comes
+    first. So the code is the same in a run and in the run resuming it:
     compiled runs are deterministic for a given device, thread count and torch version, and resume
     exactly. On a torch without size hints (`dynamic_lengths`) each length is compiled apart, with
     static shapes, which also depends only on the shapes. Their numbers differ from an eager run's
