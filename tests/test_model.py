@@ -212,23 +212,32 @@ def test_trim_padding_drops_only_all_pad_columns() -> None:
     assert trim_padding(full, 0) is full
 
 
+def loss_and_gradients(ids: torch.Tensor, **forward) -> tuple[float, dict[str, torch.Tensor]]:
+    """A fresh `small()` model's loss on `ids` and its parameters' gradients."""
+    model = small()
+    loss = model(ids, next_token_targets(ids, 0), **forward).loss
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def assert_same_loss_and_gradients(
+    expected: tuple[float, dict[str, torch.Tensor]], got: tuple[float, dict[str, torch.Tensor]]
+) -> None:
+    assert got[0] == pytest.approx(expected[0], rel=1e-6)
+    for name, g in expected[1].items():
+        assert torch.allclose(got[1][name], g, rtol=1e-5, atol=1e-7), name
+
+
 @pytest.mark.parametrize("token_stats", [False, True])
 def test_trimmed_batch_has_the_full_batchs_loss_and_gradients(token_stats: bool) -> None:
     ids = padded()
     ids[1, 6:] = 0  # longest row: 6 tokens, so half the columns are all <pad>
     trimmed = trim_padding(ids, 0, multiple=1)
     assert trimmed.shape[1] == 6
-    grads = []
-    losses = []
-    for x in (ids, trimmed):
-        model = small()
-        loss = model(x, next_token_targets(x, 0), token_stats=token_stats).loss
-        loss.backward()
-        losses.append(loss.item())
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
-    for name, g in grads[0].items():
-        assert torch.allclose(grads[1][name], g, rtol=1e-5, atol=1e-7), name
+    assert_same_loss_and_gradients(
+        loss_and_gradients(ids, token_stats=token_stats),
+        loss_and_gradients(trimmed, token_stats=token_stats),
+    )
 
 
 def test_target_positions_are_those_with_a_target_when_they_lead_every_row() -> None:
@@ -248,17 +257,12 @@ def test_target_positions_are_those_with_a_target_when_they_lead_every_row() -> 
 def test_target_positions_give_the_full_batchs_loss_and_gradients() -> None:
     ids = padded()
     positions = target_positions(ids, 0)
-    losses, grads = [], []
-    for kept in (None, positions):
-        model = small()
-        out = model(ids, next_token_targets(ids, 0), token_stats=False, positions=kept)
-        out.loss.backward()
-        losses.append(out.loss.item())
-        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert_same_loss_and_gradients(
+        loss_and_gradients(ids, token_stats=False),
+        loss_and_gradients(ids, token_stats=False, positions=positions),
+    )
+    out = small()(ids, next_token_targets(ids, 0), token_stats=False, positions=positions)
     assert out.hidden.shape == (positions.numel(), 32)  # the kept positions' alone
-    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
-    for name, g in grads[0].items():
-        assert torch.allclose(grads[1][name], g, rtol=1e-5, atol=1e-7), name
 
 
 def test_target_positions_are_for_the_loss_alone() -> None:
