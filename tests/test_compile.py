@@ -21,6 +21,7 @@ from torch._dynamo.utils import counters
 import kadyn
 import kadyn.train
 from kadyn import bench
+from kadyn.config import make_config
 from kadyn.kernels.attribute_loss import IGNORE_INDEX, attribute_loss_only_reference
 from kadyn.model import GPT, next_token_loss, target_positions, trim_padding
 from kadyn.train import (
@@ -202,6 +203,8 @@ def test_compile_is_used_only_where_it_pays(tmp_path) -> None:
     assert "patching" in eager_reason(long, CPU, patching=True)
     short = dataclasses.replace(long, steps=COMPILE_MIN_STEPS - 1)
     assert "too short" in eager_reason(short, CPU, patching=False)
+    # The default run (the README's `kadyn-train`) is long enough: its figures are compiled ones.
+    assert eager_reason(make_config("tiny"), CPU, patching=False) is None
 
 
 def test_compile_without_a_cpp_compiler_stays_eager(tmp_path, monkeypatch) -> None:

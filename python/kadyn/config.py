@@ -90,8 +90,8 @@ class TrainConfig:
     compile: bool = _f(
         True,
         "torch.compile the training step (inductor; on CPU it needs a C++ compiler): tiny-preset "
-        "steps ~1.15x faster after 20-25 s of compiling on a cold cache, so runs of fewer than "
-        "3000 steps (kadyn.train.COMPILE_MIN_STEPS) stay eager",
+        "steps ~1.2x faster after 20-25 s of compiling on a cold cache (~2 s warm), so runs of "
+        "fewer than 2000 steps (kadyn.train.COMPILE_MIN_STEPS) stay eager",
         "run",
     )
     twin: str = _f(

@@ -442,17 +442,16 @@ def init_from_checkpoint(
 # The training step
 
 # Runs shorter than this stay eager even with --compile. Compiling the step (one graph for every
-# batch shape, StepLoss) costs 20-25 s of a 2-core AMD EPYC (Zen 4) with a cold inductor cache
-# ($TORCHINDUCTOR_CACHE_DIR, by default under /tmp), against 9-14 ms saved per tiny-preset step
-# (paired on the default run's batches: 76 ms against 88 eager; 44-47k tokens/s against 39k in a
-# default run's windows): 1,500-2,700 steps to pay it back. The default run (2,200 steps)
-# measured no faster compiled (37.7k tokens/s, the compile included, against 38.9k eager, before
-# the step skipped positions without a target), so it stays eager; longer runs compile. (Each
-# length compiled apart, as before, cost 39 s: 55-70 s on the Intel Xeon of earlier figures.)
-# With a warm cache compiling takes seconds, but a fresh machine's first run is the one the
-# README promises in minutes. The rule reads --steps, not the steps left, so a resumed run
-# computes as the run it continues.
-COMPILE_MIN_STEPS = 3000
+# batch shape, StepLoss) costs 21-26 s of a 2-core AMD EPYC (Zen 4) with a cold inductor cache
+# ($TORCHINDUCTOR_CACHE_DIR, by default under /tmp) and ~2 s with a warm one, against ~14 ms saved
+# per tiny-preset step (paired, `python benches/train_step.py --only compile`: 70 ms against 84
+# eager, 1.20x): a cold compile pays back after 1,400-1,800 steps. The default run (2,200 steps)
+# therefore compiles: on a fresh machine it reported 44.3k tokens/s, the compile included,
+# against 40.1k eager (1.44x and 1.24x the reference loop run beside each), and 47.5k (1.64x) once
+# the cache was warm (`python benches/train_vs_reference.py --compile-cache fresh|default`).
+# Shorter runs stay eager: on a cold cache compiling would cost them more than it saves. The rule
+# reads --steps, not the steps left, so a resumed run computes as the run it continues.
+COMPILE_MIN_STEPS = 2000
 # Trimmed batches are a multiple of this long: few lengths, each a compilation where a torch
 # without size hints compiles them apart (StepLoss).
 TRIM_MULTIPLE = 8
@@ -1049,7 +1048,14 @@ def _train(
         )
     why_eager = eager_reason(config, device, patching=attention_source is not None)
     step_loss = StepLoss(model, world.pad_id, device, config.seq_len, compiled=why_eager is None)
-    log("step: " + ("torch.compile (inductor)" if why_eager is None else f"eager, {why_eager}"))
+    log(
+        "step: "
+        + (
+            "torch.compile (inductor), on the first step: 20-25 s with a cold cache, seconds warm"
+            if why_eager is None
+            else f"eager, {why_eager}"
+        )
+    )
 
     flops_per_step = raw_model.flops_per_token(config.seq_len) * config.batch_size * config.seq_len
     peak = config.peak_tflops * 1e12 * runtime.world_size if device.type == "cuda" else 0.0
