@@ -446,11 +446,12 @@ def init_from_checkpoint(
 # ($TORCHINDUCTOR_CACHE_DIR, by default under /tmp) and ~2 s with a warm one, against ~14 ms saved
 # per tiny-preset step (paired, `python benches/train_step.py --only compile`: 70 ms against 84
 # eager, 1.20x): a cold compile pays back after 1,400-1,800 steps. The default run (2,200 steps)
-# therefore compiles: on a fresh machine it reported 44.3k tokens/s, the compile included,
-# against 40.1k eager (1.44x and 1.24x the reference loop run beside each), and 47.5k (1.64x) once
-# the cache was warm (`python benches/train_vs_reference.py --compile-cache fresh|default`).
-# Shorter runs stay eager: on a cold cache compiling would cost them more than it saves. The rule
-# reads --steps, not the steps left, so a resumed run computes as the run it continues.
+# therefore compiles. Against the reference loop run beside it (`python
+# benches/train_vs_reference.py [--compile-cache default | --no-compile]`, two runs each) it
+# reported 1.28x and 1.28x with a fresh cache (a machine's first run), 1.44x and 1.44x with a warm
+# one, and 1.26x and 1.27x eager. Shorter runs stay eager: on a cold cache compiling would cost them
+# more than it saves. The rule reads --steps, not the steps left, so a resumed run computes as the
+# run it continues.
 COMPILE_MIN_STEPS = 2000
 # Trimmed batches are a multiple of this long: few lengths, each a compilation where a torch
 # without size hints compiles them apart (StepLoss).
