@@ -1049,14 +1049,8 @@ def _train(
         )
     why_eager = eager_reason(config, device, patching=attention_source is not None)
     step_loss = StepLoss(model, world.pad_id, device, config.seq_len, compiled=why_eager is None)
-    log(
-        "step: "
-        + (
-            "torch.compile (inductor), on the first step: 20-25 s with a cold cache, seconds warm"
-            if why_eager is None
-            else f"eager, {why_eager}"
-        )
-    )
+    compiled = "torch.compile (inductor), compiled at the first step: 20-25 s cold, seconds warm"
+    log("step: " + (compiled if why_eager is None else f"eager, {why_eager}"))
 
     flops_per_step = raw_model.flops_per_token(config.seq_len) * config.batch_size * config.seq_len
     peak = config.peak_tflops * 1e12 * runtime.world_size if device.type == "cuda" else 0.0
