@@ -192,9 +192,7 @@ def measure_steps(
         step_loss = StepLoss(m, pad, device, c.seq_len, compiled)
         solo.append((m, step_loss, optimizer, build_scheduler(optimizer, c)))
     stacked = StackedGPT(models)
-    stacked_loss = StepLoss(
-        stacked, pad, device, configs[0].seq_len, compiled, drop_untargeted=False
-    )
+    stacked_loss = StepLoss(stacked, pad, device, configs[0].seq_len, compiled)
     stack_opt, stack_sched = stacked_optimizer(stacked, configs[0])
     grad_clip = configs[0].grad_clip
 

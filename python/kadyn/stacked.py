@@ -177,6 +177,10 @@ class StackedGPT(nn.Module):
     their sum is each member's own gradient in its slice.
     """
 
+    # Members keep different numbers of target positions and the batched matmuls need one count:
+    # a stack computes every position, and `kadyn.train.StepLoss` passes it no `positions`.
+    takes_positions = False
+
     def __init__(self, members: Sequence[GPT]) -> None:
         super().__init__()
         if not members:
@@ -287,8 +291,7 @@ class StackedGPT(nn.Module):
         """GPT's training call on the members' rows laid end to end: input_ids and targets
         (K * B, T), member k's rows at [k * B, (k + 1) * B); `.loss` is the (K,) member losses.
         So `kadyn.train.StepLoss` (trimming, compiling) drives a stack as it drives a GPT, with
-        every position (drop_untargeted=False: members keep different numbers of positions, and
-        the batched matmuls need one)."""
+        every position (`takes_positions`)."""
         if attention_override is not None or token_stats:
             raise ValueError("a stacked model computes the training loss only")
         if positions is not None:
@@ -625,9 +628,7 @@ def _train_members(members: list[Member], runtime: Runtime, t_start: float) -> l
     if len(pad_ids) > 1:
         raise ValueError(f"stacked runs' worlds must share one <pad> id, got {sorted(pad_ids)}")
     why_eager = eager_reason(config, device, patching=False)
-    step_loss = StepLoss(
-        stacked, pad_ids.pop(), device, config.seq_len, why_eager is None, drop_untargeted=False
-    )
+    step_loss = StepLoss(stacked, pad_ids.pop(), device, config.seq_len, why_eager is None)
     for m in members:
         m.log(
             f"step: stacked x{len(members)}, "

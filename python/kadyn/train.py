@@ -529,9 +529,8 @@ class StepLoss:
     one for their backward, for every batch shape (its trimmed length, a multiple of
     TRIM_MULTIPLE, and its count of positions): both are symbols, and inductor plans the code for
     a full batch (`seq_len` long, every position kept: the size hints), whichever shape comes
-    first. So the code is the same in a run and in the run resuming it:
-    compiled runs are deterministic for a given device, thread count and torch version, and resume
-    exactly. On a torch without size hints (`dynamic_lengths`) each length is compiled apart, with
+    first. So the code is the same in a run and in the run resuming it: compiled runs are
+    deterministic for a given device, thread count and torch version, and resume exactly. On a torch without size hints (`dynamic_lengths`) each length is compiled apart, with
     static shapes, which also depends only on the shapes. Their numbers differ from an eager run's
     by float rounding (other fusions), which is why a run's --compile is part of what it computes
     (tests/test_compile.py)."""
@@ -552,8 +551,13 @@ class StepLoss:
         self._loss: Callable[..., torch.Tensor] = training_loss
         self.seq_len = seq_len
         self.dynamic = compiled and dynamic_lengths()
-        # Compiled with static shapes, every count of positions would be a compilation.
-        self.drop_untargeted = drop_untargeted and (self.dynamic or not compiled)
+        # Compiled with static shapes, every count of positions would be a compilation; a model
+        # that computes every position (a stack) says so with `takes_positions = False`.
+        self.drop_untargeted = (
+            drop_untargeted
+            and getattr(model, "takes_positions", True)
+            and (self.dynamic or not compiled)
+        )
         if compiled:
             # Every length must stay compiled: past dynamo's recompile limit (8 per function) a
             # new graph would run eager, and a resumed run, counting afresh, would not. Room for
@@ -1049,8 +1053,8 @@ def _train(
         )
     why_eager = eager_reason(config, device, patching=attention_source is not None)
     step_loss = StepLoss(model, world.pad_id, device, config.seq_len, compiled=why_eager is None)
-    compiled = "torch.compile (inductor), compiled at the first step: 20-25 s cold, seconds warm"
-    log("step: " + (compiled if why_eager is None else f"eager, {why_eager}"))
+    compiling = "torch.compile (inductor), compiled at the first step: 20-25 s cold, seconds warm"
+    log("step: " + (compiling if why_eager is None else f"eager, {why_eager}"))
 
     flops_per_step = raw_model.flops_per_token(config.seq_len) * config.batch_size * config.seq_len
     peak = config.peak_tflops * 1e12 * runtime.world_size if device.type == "cuda" else 0.0
