@@ -31,6 +31,11 @@ The comparisons, each measured when its change was made:
   `kadyn.train.COMPILE_MIN_STEPS`;
 - `positions` (eager), `positions-compiled`: every position of the trimmed batch (as before) vs
   the positions that have a target alone (`kadyn.model.target_positions`);
+- `layout` (eager), `layout-compiled`: attention's (B, T) layout of the kept positions by
+  index_copy and index_select (as before: index_select's backward is a scatter-add, which
+  deterministic mode sorts) vs by gathers both ways (`kadyn.model.to_grid`, `from_grid`);
+- `attention`: compiled, attention through torch's CPU flash kernel (as before) vs the pattern
+  written out (`kadyn.kernels.attention_weights`), which inductor fuses;
 - `overall`: the step as it was before issue 14 (eager, full batch, int64 ids, clip_grad_norm_)
   vs the trainer's step now.
 `kadyn-bench train` compares the trainer's step with the nanoGPT-equivalent reference instead.
@@ -48,6 +53,7 @@ from typing import Any, Callable, Optional
 import torch
 
 import kadyn
+import kadyn.kernels
 import kadyn.model
 from kadyn.config import TrainConfig, make_config
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
@@ -63,6 +69,27 @@ from kadyn.train import (
 )
 
 NEXT_TOKEN_LOSS = kadyn.model.next_token_loss
+TO_GRID, FROM_GRID = kadyn.model.to_grid, kadyn.model.from_grid
+ATTENTION = kadyn.model.attention
+
+
+def scatter_to_grid(x: torch.Tensor, rows: kadyn.model.Rows) -> torch.Tensor:
+    """`kadyn.model.to_grid` as it was: index_copy into zeros."""
+    B, T = rows.shape
+    return x.new_zeros(B * T, x.shape[-1]).index_copy(0, rows.positions, x)
+
+
+def flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True
+) -> torch.Tensor:
+    """`kadyn.kernels.attention` on CPU as it was compiled too: torch's fused (flash) kernel."""
+    return kadyn.kernels.attention_reference(q, k, v, causal=causal)
+
+
+def select_from_grid(y: torch.Tensor, rows: kadyn.model.Rows) -> torch.Tensor:
+    """`kadyn.model.from_grid` as it was: index_select, whose backward is a scatter-add."""
+    return y.index_select(0, rows.positions)
+
 
 SHAPES = {
     "tiny": {"n_layers": 2, "d_model": 128, "n_heads": 4, "d_mlp": 512},
@@ -109,8 +136,8 @@ class Step:
 
     opts: trim, compile (bool), long (int64 ids), clip ("eager" or "compiled"), adamw ("fused" or
     "foreach"), loss ("kadyn" or "cross_entropy"), rope ("lanes" or "per-half"), wrapper
-    ("cpp" or "python"), lengths ("dynamic" or "static"), positions ("targets" or "all"); the
-    defaults are the trainer's."""
+    ("cpp" or "python"), lengths ("dynamic" or "static"), positions ("targets" or "all"), layout
+    ("gather" or "scatter"), attention ("written" or "flash"); the defaults are the trainer's."""
 
     def __init__(self, config: TrainConfig, vocab: int, pad_id: int, **opts: Any) -> None:
         self.opts = {"trim": True, "compile": True, "long": False, "clip": "eager", **opts}
@@ -162,14 +189,20 @@ class Step:
         )
 
     def step(self, ids: torch.Tensor) -> float:
+        # Swapped in for this side's steps only; dynamo guards on the globals, so each side
+        # keeps its own compiled graph.
         if self.opts.get("loss") == "cross_entropy":
-            # Swapped in for this side's steps only; dynamo guards on the global, so each side
-            # keeps its own compiled graph.
             kadyn.model.next_token_loss = attribute_loss_only_reference  # type: ignore[assignment]
+        if self.opts.get("layout") == "scatter":
+            kadyn.model.to_grid, kadyn.model.from_grid = scatter_to_grid, select_from_grid
+        if self.opts.get("attention") == "flash":
+            kadyn.model.attention = flash_attention
         try:
             loss = self.loss(ids.long() if self.opts["long"] else ids)
         finally:
             kadyn.model.next_token_loss = NEXT_TOKEN_LOSS
+            kadyn.model.to_grid, kadyn.model.from_grid = TO_GRID, FROM_GRID
+            kadyn.model.attention = ATTENTION
         loss.backward()
         if self.opts["clip"] == "eager":
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -221,6 +254,9 @@ COMPARISONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "lengths": (dict(lengths="static", positions="all"), dict(positions="all")),
     "positions": (dict(compile=False, positions="all"), dict(compile=False)),
     "positions-compiled": (dict(positions="all"), {}),
+    "layout": (dict(compile=False, layout="scatter"), dict(compile=False)),
+    "layout-compiled": (dict(layout="scatter"), {}),
+    "attention": (dict(attention="flash"), {}),
     "overall": (OLD, {}),
 }
 

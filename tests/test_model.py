@@ -11,11 +11,14 @@ from kadyn.model import (
     GPT,
     IGNORE_INDEX,
     ModelConfig,
+    Rows,
     apply_rope,
+    from_grid,
     next_token_targets,
     rope_lanes,
     rope_tables,
     target_positions,
+    to_grid,
     trim_padding,
 )
 
@@ -263,6 +266,20 @@ def test_target_positions_give_the_full_batchs_loss_and_gradients() -> None:
     )
     out = small()(ids, next_token_targets(ids, 0), token_stats=False, positions=positions)
     assert out.hidden.shape == (positions.numel(), 32)  # the kept positions' alone
+
+
+def test_grid_layout_is_index_copy_and_select_with_gathers_for_gradients() -> None:
+    # Rows of 3, 2 and 0 kept positions in a (3, 4) batch: what target_positions gives.
+    positions = torch.tensor([0, 1, 2, 4, 5])
+    rows = Rows.of(positions, (3, 4))
+    assert rows.slot.tolist() == [0, 1, 2, 5, 3, 4, 5, 5, 5, 5, 5, 5]
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(to_grid(x, rows), x.new_zeros(12, 3).index_copy(0, positions, x))
+    y = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(from_grid(y, rows), y.index_select(0, positions))
+    # Their hand-written backwards against finite differences.
+    assert torch.autograd.gradcheck(lambda t: to_grid(t, rows), (x,))
+    assert torch.autograd.gradcheck(lambda t: from_grid(t, rows), (y,))
 
 
 def test_target_positions_are_for_the_loss_alone() -> None:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kadyn.kernels import attention, attribute_loss
+from kadyn.kernels.attention import attention_weights
 from kadyn.kernels.attribute_loss import attribute_loss_only_reference
 
 IGNORE_INDEX = -100
@@ -49,11 +50,69 @@ class ModelConfig:
 
 
 class Rows(NamedTuple):
-    """A batch's kept positions (`target_positions`): their flat indices into (B, T), and the
-    batch's shape (B, T), which attention lays them out in."""
+    """A batch's kept positions (`target_positions`): their flat indices into (B, T); `slot`, for
+    each of the B * T positions, its row among them (their count N where it was dropped); and
+    the batch's shape (B, T), which attention lays them out in (`to_grid`, `from_grid`)."""
 
     positions: torch.Tensor
+    slot: torch.Tensor
     shape: tuple[int, int]
+
+    @staticmethod
+    def of(positions: torch.Tensor, shape: tuple[int, int]) -> Rows:
+        n = positions.shape[0]
+        rows = torch.arange(n, device=positions.device)
+        slot = positions.new_full((shape[0] * shape[1],), n).index_copy(0, positions, rows)
+        return Rows(positions, slot, shape)
+
+
+class _ToGrid(torch.autograd.Function):
+    """(N, C) kept rows -> (B * T, C), zeros at the dropped positions, as a gather from the rows
+    and a zero row. Each kept row lands in one place, so the gradient is a gather back
+    (`from_grid`). Autograd's own backward for index_select is a scatter-add, which
+    deterministic mode runs as a sorted index_put, compiled too: gathers both ways make a
+    compiled tiny-preset step 1.04x faster (2 threads, Zen 4; `python benches/train_step.py
+    --only layout-compiled`)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(positions, slot)
+        return torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, slot)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None]:
+        positions, _ = ctx.saved_tensors
+        return grad.index_select(0, positions), None, None
+
+
+class _FromGrid(torch.autograd.Function):
+    """(B * T, C) -> the (N, C) kept rows; the gradient goes back by `_ToGrid`'s gather."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, y: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(positions, slot)
+        return y.index_select(0, positions)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None]:
+        _, slot = ctx.saved_tensors
+        return torch.cat([grad, grad.new_zeros(1, grad.shape[1])]).index_select(0, slot), None, None
+
+
+def to_grid(x: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """The kept rows `x` (N, C) laid out as (B * T, C), zeros at the dropped positions."""
+    out: torch.Tensor = _ToGrid.apply(x, rows.positions, rows.slot)
+    return out
+
+
+def from_grid(y: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """The kept rows (N, C) of `y` (B * T, C): `to_grid`'s inverse."""
+    out: torch.Tensor = _FromGrid.apply(y, rows.positions, rows.slot)
+    return out
 
 
 class GPTOutput(NamedTuple):
@@ -137,8 +196,7 @@ class CausalSelfAttention(nn.Module):
             # Attention needs the (B, T) layout: the dropped positions come in as zeros, which
             # no kept position attends to (they come after it in its row).
             B, T = rows.shape
-            qkv = qkv.new_zeros(B * T, qkv.shape[-1]).index_copy(0, rows.positions, qkv)
-            qkv = qkv.view(B, T, -1)
+            qkv = to_grid(qkv, rows).view(B, T, -1)
         (B, T), D = qkv.shape[:2], x.shape[-1]
         H, Dh = self.n_heads, self.head_dim
         # q and k rotated together: (B, T, 2D), each head's features contiguous. (split, not
@@ -158,15 +216,13 @@ class CausalSelfAttention(nn.Module):
             att = pattern.detach().to(v.dtype)
             y = att @ v
         elif return_attention:
-            scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(self.head_dim)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            att = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1).to(v.dtype)
+            att = attention_weights(q, k, causal=True).to(v.dtype)
             y = att @ v
         else:
             y = attention(q, k, v, causal=True)
         y = y.transpose(1, 2).reshape(B, T, D)
         if rows is not None:
-            y = y.view(B * T, D).index_select(0, rows.positions)
+            y = from_grid(y.view(B * T, D), rows)
         return self.proj(y), att
 
 
@@ -311,7 +367,7 @@ class GPT(nn.Module):
                 raise ValueError(
                     "positions computes the loss alone: pass targets, token_stats=False"
                 )
-            rows = Rows(positions, input_ids.shape)
+            rows = Rows.of(positions, input_ids.shape)
         # int32 ids (the stream's) index the embedding as they are: no int64 copy of the batch.
         hidden, patterns = self.hidden_states(input_ids, return_attention, attention_override, rows)
         if targets is None:

@@ -41,6 +41,17 @@ def attention_reference(
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    """The attention pattern softmax(q k^T / sqrt(head_dim)) itself, (batch, heads, T, T),
+    from fp32 scores, each query's later keys masked out when `causal`."""
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.shape[-1])
+    if causal:
+        visible = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
 # --------------------------------------------------------------------------------------------
 # Triton kernels. Shapes: q, k, v, o, do are (batch, heads, seq, head_dim) addressed by strides with
 # a unit stride on head_dim; lse and delta are contiguous (batch * heads, seq) fp32. Scores are kept
@@ -665,6 +676,11 @@ def attention(
     """
     _validate(q, k, v)
     if resolve_backend(backend, q.device, _INTERPRETED, "attention") == "torch" or q.numel() == 0:
+        if q.device.type == "cpu" and torch.compiler.is_compiling():
+            # Compiled on CPU, the pattern written out is faster than the CPU flash kernel at
+            # these lengths (<= ~100): inductor fuses scale, mask and softmax, the two products
+            # go to batched matmuls (`benches/train_step.py --only attention`).
+            return attention_weights(q, k, causal).to(v.dtype) @ v
         return attention_reference(q, k, v, causal=causal)
     # The kernels address (batch, heads, seq) by strides, so the usual transposed views from a
     # (batch, seq, heads, head_dim) projection need no copy; only head_dim must be unit-stride.
