@@ -16,7 +16,7 @@ minutes apart (29-35k tokens/s). Same threads (the preset's), same deterministic
 the trainer.
 
 The default run compiles its step (`kadyn.train.COMPILE_MIN_STEPS`), and its first step pays for
-that: 20-25 s with a cold inductor cache, ~2 s with a warm one. `--compile-cache fresh` (the
+that: 20-30 s with a cold inductor cache, ~2 s with a warm one. `--compile-cache fresh` (the
 default) compiles into an empty temporary cache, as the first run on a fresh machine does;
 `--compile-cache default` uses torch's own cache ($TORCHINDUCTOR_CACHE_DIR, else under /tmp),
 warm after any earlier run of the same shape. `--no-compile` runs kadyn eager.

@@ -13,7 +13,7 @@ import importlib
 import pytest
 import torch
 
-from kadyn.kernels.attention import attention, attention_reference
+from kadyn.kernels.attention import attention, attention_reference, attention_weights
 
 # The package re-exports the function under the module's name, hence importlib for the module.
 attention_module = importlib.import_module("kadyn.kernels.attention")
@@ -119,6 +119,21 @@ def test_auto_on_cpu_is_the_reference() -> None:
         expected = attention_reference(q, k, v, causal=causal)
         assert torch.equal(attention(q, k, v, causal=causal, backend="auto"), expected)
         assert torch.equal(attention(q, k, v, causal=causal, backend="torch"), expected)
+
+
+def test_compiled_on_cpu_the_pattern_written_out_matches_the_reference() -> None:
+    # What `attention` runs under torch.compile on CPU (tests/test_compile.py runs it compiled):
+    # the values and gradients of torch's fused kernel.
+    q, k, v, do = _inputs((2, 3, 37, 32), seed=3)
+    for causal in (True, False):
+        written = _run(lambda q, k, v, c=causal: attention_weights(q, k, c) @ v, q, k, v, do)
+        ref = _run(attention_reference, q, k, v, do, causal=causal)
+        assert _max_err(written[0], ref[0]) <= FWD_TOL
+        for name, g, rg in zip("qkv", written[1], ref[1]):
+            assert _max_err(g, rg) <= BWD_TOL, f"d{name}"
+    pattern = attention_weights(q.cpu(), k.cpu())
+    assert torch.allclose(pattern.sum(-1), torch.ones(2, 3, 37))
+    assert not pattern.triu(1).any()  # no query sees a later key
 
 
 @pytest.mark.parametrize(

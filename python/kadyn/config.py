@@ -90,7 +90,7 @@ class TrainConfig:
     compile: bool = _f(
         True,
         "torch.compile the training step (inductor; on CPU it needs a C++ compiler): tiny-preset "
-        "steps ~1.2x faster after 20-25 s of compiling on a cold cache (~2 s warm), so runs of "
+        "steps 1.2-1.3x faster after 20-30 s of compiling on a cold cache (~2 s warm), so runs of "
         "fewer than 2000 steps (kadyn.train.COMPILE_MIN_STEPS) stay eager",
         "run",
     )
