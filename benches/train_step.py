@@ -79,16 +79,16 @@ def scatter_to_grid(x: torch.Tensor, rows: kadyn.model.Rows) -> torch.Tensor:
     return x.new_zeros(B * T, x.shape[-1]).index_copy(0, rows.positions, x)
 
 
+def select_from_grid(y: torch.Tensor, rows: kadyn.model.Rows) -> torch.Tensor:
+    """`kadyn.model.from_grid` as it was: index_select, whose backward is a scatter-add."""
+    return y.index_select(0, rows.positions)
+
+
 def flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True
 ) -> torch.Tensor:
     """`kadyn.kernels.attention` on CPU as it was compiled too: torch's fused (flash) kernel."""
     return kadyn.kernels.attention_reference(q, k, v, causal=causal)
-
-
-def select_from_grid(y: torch.Tensor, rows: kadyn.model.Rows) -> torch.Tensor:
-    """`kadyn.model.from_grid` as it was: index_select, whose backward is a scatter-add."""
-    return y.index_select(0, rows.positions)
 
 
 SHAPES = {

@@ -66,41 +66,46 @@ class Rows(NamedTuple):
         return Rows(positions, slot, shape)
 
 
+def _spread(x: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """Row `slot[i]` of `x` (N, C) at place i, zeros where slot[i] == N: a gather from `x` and
+    a zero row."""
+    return torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, slot)
+
+
 class _ToGrid(torch.autograd.Function):
-    """(N, C) kept rows -> (B * T, C), zeros at the dropped positions, as a gather from the rows
-    and a zero row. Each kept row lands in one place, so the gradient is a gather back
-    (`from_grid`). Autograd's own backward for index_select is a scatter-add, which
-    deterministic mode runs as a sorted index_put, compiled too: gathers both ways make a
-    compiled tiny-preset step 1.04x faster (2 threads, Zen 4; `python benches/train_step.py
-    --only layout-compiled`)."""
+    """(N, C) kept rows -> (B * T, C), zeros at the dropped positions. Each kept row lands in one
+    place, so the gradient is a gather back (`from_grid`'s forward). Autograd's own backward for
+    index_select is a scatter-add, which deterministic mode runs as a sorted index_put, compiled
+    too: gathers both ways make a compiled tiny-preset step 1.04x faster (2 threads, Zen 4;
+    `python benches/train_step.py --only layout-compiled`)."""
 
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor
     ) -> torch.Tensor:
-        ctx.save_for_backward(positions, slot)
-        return torch.cat([x, x.new_zeros(1, x.shape[1])]).index_select(0, slot)
+        ctx.save_for_backward(positions)
+        return _spread(x, slot)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None]:
-        positions, _ = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (positions,) = ctx.saved_tensors
         return grad.index_select(0, positions), None, None
 
 
 class _FromGrid(torch.autograd.Function):
-    """(B * T, C) -> the (N, C) kept rows; the gradient goes back by `_ToGrid`'s gather."""
+    """(B * T, C) -> the (N, C) kept rows; the gradient goes back by `to_grid`'s gather."""
 
     @staticmethod
     def forward(
         ctx: Any, y: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor
     ) -> torch.Tensor:
-        ctx.save_for_backward(positions, slot)
+        ctx.save_for_backward(slot)
         return y.index_select(0, positions)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None]:
-        _, slot = ctx.saved_tensors
-        return torch.cat([grad, grad.new_zeros(1, grad.shape[1])]).index_select(0, slot), None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (slot,) = ctx.saved_tensors
+        return _spread(grad, slot), None, None
 
 
 def to_grid(x: torch.Tensor, rows: Rows) -> torch.Tensor:
