@@ -530,8 +530,9 @@ class StepLoss:
     TRIM_MULTIPLE, and its count of positions): both are symbols, and inductor plans the code for
     a full batch (`seq_len` long, every position kept: the size hints), whichever shape comes
     first. So the code is the same in a run and in the run resuming it: compiled runs are
-    deterministic for a given device, thread count and torch version, and resume exactly. On a torch without size hints (`dynamic_lengths`) each length is compiled apart, with
-    static shapes, which also depends only on the shapes. Their numbers differ from an eager run's
+    deterministic for a given device, thread count and torch version, and resume exactly. On a
+    torch without size hints (`dynamic_lengths`) each length is compiled apart, with static
+    shapes, which also depends only on the shapes. Their numbers differ from an eager run's
     by float rounding (other fusions), which is why a run's --compile is part of what it computes
     (tests/test_compile.py)."""
 

@@ -671,8 +671,9 @@ def attention(
     """Scaled dot-product attention over (batch, heads, seq, head_dim) tensors.
 
     backend: "triton" runs the flash-attention kernels (CUDA tensors, or CPU tensors when
-    TRITON_INTERPRET=1), "torch" runs `attention_reference`, "auto" picks Triton on CUDA and the
-    reference elsewhere. Differentiable with respect to q, k and v.
+    TRITON_INTERPRET=1), "torch" runs `attention_reference` (under torch.compile on CPU, the
+    same attention with its pattern written out, `attention_weights`, for inductor to fuse),
+    "auto" picks Triton on CUDA and torch elsewhere. Differentiable with respect to q, k and v.
     """
     _validate(q, k, v)
     if resolve_backend(backend, q.device, _INTERPRETED, "attention") == "torch" or q.numel() == 0:
