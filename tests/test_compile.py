@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -211,6 +213,35 @@ def test_compile_without_a_cpp_compiler_stays_eager(tmp_path, monkeypatch) -> No
     monkeypatch.setenv("CXX", "no-such-compiler-kadyn")
     long = small_config(tmp_path, steps=COMPILE_MIN_STEPS)
     assert "C++ compiler" in eager_reason(long, CPU, patching=False)
+
+
+# The SIMD level inductor picks, in a fresh process: by its test builds of ATen's vector headers
+# (vec_isa_ok None), or from the CPU's flags alone (True).
+PICKED_ISA = """
+import sys, torch, torch._inductor.config as config
+from torch._inductor.cpu_vec_isa import pick_vec_isa
+config.cpp.vec_isa_ok = True if sys.argv[1] == "flags" else None
+isa = pick_vec_isa()
+print(str(isa), isa.build_arch_flags())
+"""
+
+
+def test_cpu_options_take_the_isa_from_the_flags_and_pick_what_the_test_builds_pick() -> None:
+    options = kadyn.train.inductor_options(CPU)
+    assert options["cpp_wrapper"] is True
+    assert options["cpp_cache_precompile_headers"] is False
+    torch.compile(training_loss, options=options)  # this torch accepts every option
+    if "cpp.vec_isa_ok" not in options:
+        pytest.skip("this torch cannot take cpp.vec_isa_ok as a compile option")
+    assert options["cpp.vec_isa_ok"] is True
+    assert "cpp_wrapper" not in kadyn.train.inductor_options(torch.device("cuda"))
+    picked = {
+        how: subprocess.run(
+            [sys.executable, "-c", PICKED_ISA, how], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for how in ("flags", "test-builds")
+    }
+    assert picked["flags"] == picked["test-builds"], picked
 
 
 def test_train_bench_quick(tmp_path) -> None:
