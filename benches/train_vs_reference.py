@@ -17,7 +17,9 @@ the trainer.
 
 The default run compiles its step (`kadyn.train.COMPILE_MIN_STEPS`), and its first step pays for
 that: 20-30 s with a cold inductor cache, ~2 s with a warm one. `--compile-cache fresh` (the
-default) compiles into an empty temporary cache, as the first run on a fresh machine does;
+default) compiles into an empty temporary cache, as the first run on a fresh machine does
+(torch keeps its precompiled headers under the default cache dir whatever the setting, but the
+trainer no longer builds them; to time an older commit's first run, run with TMPDIR=$(mktemp -d));
 `--compile-cache default` uses torch's own cache ($TORCHINDUCTOR_CACHE_DIR, else under /tmp),
 warm after any earlier run of the same shape. `--no-compile` runs kadyn eager.
 """
