@@ -9,11 +9,11 @@ kadyn's figure is what the run itself reports: `summary.json`'s `tokens_per_s`, 
 tokens over their time (the stream's batches and the compile included, evaluations and
 checkpoints not). The reference's is the same quantity for a loop of
 `benches/nanogpt_reference.py`'s step (eager, as nanoGPT runs on CPU) over the same stream: the
-tiny preset's batches, `to_torch` included. The reference runs `--reference-steps` steps at every evaluation of the run (from the
-run's `on_eval`, outside its timed windows), so a load that drifts during the run falls on both
-sides alike: on this shared machine the reference loop's rate moved by 20% between runs a few
-minutes apart (29-35k tokens/s). Same threads (the preset's), same deterministic-kernel setting as
-the trainer.
+tiny preset's batches, `to_torch` included. The reference runs `--reference-steps` steps at every
+evaluation of the run (from the run's `on_eval`, outside its timed windows), so a load that
+drifts during the run falls on both sides alike: on this shared machine the reference loop's rate
+moved by 20% between runs a few minutes apart (29-35k tokens/s). Same threads (the preset's), same
+deterministic-kernel setting as the trainer.
 
 The default run compiles its step (`kadyn.train.COMPILE_MIN_STEPS`), and its first step pays for
 that: 20-30 s with a cold inductor cache, ~2 s with a warm one. `--compile-cache fresh` (the

@@ -448,9 +448,10 @@ def init_from_checkpoint(
 # eager): a cold compile pays back after 1,300-2,000 steps. The default run (2,200 steps)
 # therefore compiles. Against the reference loop run beside it (`python
 # benches/train_vs_reference.py [--compile-cache default]`, two runs each) it reported 1.39x and
-# 1.38x with a fresh cache (a machine's first run) and 1.58x and 1.59x with a warm one (eager:
-# 1.26x and 1.27x, before attention's gathers); from an empty TMPDIR, once the compile skipped
-# inductor's ISA test builds and precompiled header (inductor_options), 1.40x and 1.44x.
+# 1.38x with a fresh cache (torch's precompiled header already built) and 1.58x and 1.59x with a
+# warm one (eager: 1.26x and 1.27x, before attention's gathers); from an empty TMPDIR, once the
+# compile skipped inductor's ISA test builds and precompiled header (inductor_options), 1.40x and
+# 1.44x.
 # Shorter runs stay eager: on a cold cache compiling would cost them more than it saves. The rule
 # reads --steps, not the steps left, so a resumed run computes as the run it continues.
 COMPILE_MIN_STEPS = 2000
